@@ -1,0 +1,165 @@
+"""The Survey table: one row of data per imaging survey, read by the simulator, the downloader and
+the reports alike.
+
+Fluxes are in nanomaggies (AB zero point 22.5, the SDSS / Legacy Survey convention):
+``flux = 10 ** (-0.4 * (mag - 22.5))``.
+
+Noise model ("equivalent noise model" of the survey's depth): every band quotes a point-source
+limiting magnitude ``depth_mag`` at ``depth_sigma`` sigma, a sky surface brightness and a PSF FWHM.
+For a sky-dominated point source measured with the optimal (PSF-weighted) filter, the S/N is
+``F / (sigma_pix * sqrt(n_eff))`` with ``n_eff = 4 pi sigma_psf**2 / pixel**2`` pixels (Gaussian
+PSF). Setting S/N = depth_sigma at F = flux(depth_mag) fixes the sky noise per pixel; requiring that
+noise to be the Poisson noise of the sky then fixes the number of electrons per nanomaggy (the
+effective gain x exposure). Galaxy light then adds its own Poisson noise with that same gain.
+The numbers that define each survey are quoted with their source; everything else is derived.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from morphtransfer.errors import InputError
+
+NANOMAGGY_ZEROPOINT = 22.5
+FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
+
+def mag_to_flux(mag: float) -> float:
+    """AB magnitude -> flux in nanomaggies."""
+    return 10.0 ** (-0.4 * (mag - NANOMAGGY_ZEROPOINT))
+
+
+def flux_to_mag(flux: float) -> float:
+    """Flux in nanomaggies -> AB magnitude."""
+    return NANOMAGGY_ZEROPOINT - 2.5 * math.log10(flux)
+
+
+@dataclass(frozen=True)
+class Band:
+    """One filter of a survey, with the numbers that set its image quality and noise."""
+
+    name: str
+    fwhm_arcsec: float  # median PSF FWHM
+    depth_mag: float  # point-source limiting magnitude ...
+    depth_sigma: float  # ... at this many sigma
+    sky_mag_arcsec2: float  # dark-sky surface brightness, AB mag / arcsec^2
+    fwhm_scatter: float = 0.12  # fractional spread of the per-image PSF FWHM around the median
+
+    def sigma_psf_arcsec(self) -> float:
+        return self.fwhm_arcsec * FWHM_TO_SIGMA
+
+
+@dataclass(frozen=True)
+class Survey:
+    """An imaging survey as data: name, bands, pixel scale, PSF, depth, sky, cutout service."""
+
+    name: str
+    title: str
+    pixel_scale_arcsec: float
+    bands: tuple[Band, ...]
+    cutout_service: str  # "sdss_skyserver" | "legacy_survey"; read by data.download
+    cutout_layer: str = ""  # layer name at the cutout service (Legacy Survey: "des-dr1", "ls-dr10")
+    # Galaxy Zoo-like volunteer votes per galaxy in this survey's project (range drawn uniformly).
+    votes_min: int = 40
+    votes_max: int = 40
+    notes: str = field(default="", compare=False)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bands)
+
+    def band(self, name: str) -> Band:
+        for b in self.bands:
+            if b.name == name:
+                return b
+        raise InputError(
+            f"survey {self.name!r} has no band {name!r}; its bands are {', '.join(self.band_names)}"
+        )
+
+    # --- derived noise model (see the module docstring) -------------------------------------
+    def noise_eff_pixels(self, band: str) -> float:
+        """Effective number of pixels of the optimal point-source filter: 4 pi sigma_psf^2 / pix^2."""
+        sig = self.band(band).sigma_psf_arcsec() / self.pixel_scale_arcsec
+        return 4.0 * math.pi * sig * sig
+
+    def sky_noise_per_pixel(self, band: str) -> float:
+        """1-sigma sky noise per pixel in nanomaggies, from the quoted point-source depth."""
+        b = self.band(band)
+        return mag_to_flux(b.depth_mag) / (b.depth_sigma * math.sqrt(self.noise_eff_pixels(band)))
+
+    def sky_per_pixel(self, band: str) -> float:
+        """Sky level per pixel in nanomaggies, from the quoted sky surface brightness."""
+        b = self.band(band)
+        return mag_to_flux(b.sky_mag_arcsec2) * self.pixel_scale_arcsec**2
+
+    def electrons_per_nanomaggy(self, band: str) -> float:
+        """Effective gain x exposure: sky Poisson noise equals the depth-derived sky noise."""
+        return self.sky_per_pixel(band) / self.sky_noise_per_pixel(band) ** 2
+
+
+# Sources:
+#  SDSS DR7: Abazajian et al. 2009 (ApJS 182, 543), Table 1: 0.396"/px; median PSF FWHM 1.4" in r;
+#    95% point-source completeness g 22.2, r 22.2, i 21.3 (~5 sigma, Stoughton et al. 2002).
+#    Seeing is worse in g (~1.5") and better in i (~1.3"): Stoughton et al. 2002, Fig. 3 trend.
+#    Dark-sky brightness g 21.9, r 20.9, i 20.2 mag/arcsec^2: SDSS DR7 photometric-flag notes /
+#    Stoughton et al. 2002, sect. 4.5.
+#  DES Y1: Drlica-Wagner et al. 2018 (ApJS 235, 33), Y1 Gold: 0.263"/px; median PSF FWHM g 1.25",
+#    r 1.07", i 0.97"; 10-sigma limiting magnitudes g 23.4, r 23.2, i 22.5. Sky g 22.0, r 21.1,
+#    i 20.4 mag/arcsec^2: DECam dark-sky values, Abbott et al. 2018 (DES DR1, ApJS 239, 18), sect. 3.
+#  DECaLS DR5: Dey et al. 2019 (AJ 157, 168): 0.262"/px, median PSF FWHM g 1.29", r 1.18",
+#    z 1.11"; 5-sigma point-source depth g 24.0, r 23.4, z 22.5 (the survey has no i band: its
+#    bands are g, r, z, and a g,r,i model applied to it sees z in the third channel).
+#  Volunteers: GZ2 ~40 classifications per galaxy (Willett et al. 2013); GZ DECaLS 5-40
+#    (Walmsley et al. 2022).
+SURVEYS: dict[str, Survey] = {
+    "sdss": Survey(
+        name="sdss",
+        title="SDSS DR7",
+        pixel_scale_arcsec=0.396,
+        bands=(
+            Band("g", fwhm_arcsec=1.50, depth_mag=22.2, depth_sigma=5.0, sky_mag_arcsec2=21.9),
+            Band("r", fwhm_arcsec=1.40, depth_mag=22.2, depth_sigma=5.0, sky_mag_arcsec2=20.9),
+            Band("i", fwhm_arcsec=1.30, depth_mag=21.3, depth_sigma=5.0, sky_mag_arcsec2=20.2),
+        ),
+        cutout_service="sdss_skyserver",
+        votes_min=40,
+        votes_max=40,
+    ),
+    "des": Survey(
+        name="des",
+        title="DES Y1",
+        pixel_scale_arcsec=0.263,
+        bands=(
+            Band("g", fwhm_arcsec=1.25, depth_mag=23.4, depth_sigma=10.0, sky_mag_arcsec2=22.0),
+            Band("r", fwhm_arcsec=1.07, depth_mag=23.2, depth_sigma=10.0, sky_mag_arcsec2=21.1),
+            Band("i", fwhm_arcsec=0.97, depth_mag=22.5, depth_sigma=10.0, sky_mag_arcsec2=20.4),
+        ),
+        cutout_service="legacy_survey",
+        cutout_layer="des-dr1",
+        votes_min=5,
+        votes_max=40,
+    ),
+    "decals": Survey(
+        name="decals",
+        title="DECaLS DR5",
+        pixel_scale_arcsec=0.262,
+        bands=(
+            Band("g", fwhm_arcsec=1.29, depth_mag=24.0, depth_sigma=5.0, sky_mag_arcsec2=22.0),
+            Band("r", fwhm_arcsec=1.18, depth_mag=23.4, depth_sigma=5.0, sky_mag_arcsec2=21.1),
+            Band("z", fwhm_arcsec=1.11, depth_mag=22.5, depth_sigma=5.0, sky_mag_arcsec2=19.9),
+        ),
+        cutout_service="legacy_survey",
+        cutout_layer="ls-dr10",
+        votes_min=5,
+        votes_max=40,
+    ),
+}
+
+
+def get_survey(name: str) -> Survey:
+    """Look a survey up by name (case-insensitive); a clear error lists the known ones."""
+    key = name.strip().lower()
+    if key not in SURVEYS:
+        raise InputError(f"unknown survey {name!r}; known surveys: {', '.join(sorted(SURVEYS))}")
+    return SURVEYS[key]
