@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+from morphtransfer.errors import InputError
+from morphtransfer.models import DS18, count_parameters, load_model, save_model
+
+
+def test_ds18_parameter_count_and_layer_shapes():
+    m = DS18().eval()
+    assert count_parameters(m) == 2_602_849
+    x = torch.zeros(2, 3, 69, 69)
+    shapes = []
+    for layer in m.features:
+        x = layer(x)
+        if not isinstance(layer, torch.nn.ZeroPad2d):
+            shapes.append(tuple(x.shape[1:]))
+    # Table 1 of the study, 'same' padding: conv layers keep the size, max-pools floor-halve it
+    assert shapes == [
+        (32, 69, 69), (32, 69, 69), (32, 69, 69),
+        (64, 69, 69), (64, 69, 69), (64, 34, 34), (64, 34, 34),
+        (128, 34, 34), (128, 34, 34), (128, 17, 17), (128, 17, 17),
+        (128, 17, 17), (128, 17, 17), (128, 17, 17),
+    ]
+    assert m.flat_features == 36_992
+    assert m.head[1].in_features == 36_992 and m.head[1].out_features == 64
+    assert m(torch.zeros(2, 3, 69, 69)).shape == (2,)
+
+
+def test_freeze_features_leaves_only_the_dense_part_trainable():
+    m = DS18()
+    m.freeze_features()
+    assert count_parameters(m, trainable_only=True) == 36_992 * 64 + 64 + 64 + 1
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    torch.manual_seed(0)
+    m = DS18().eval()
+    save_model(m, tmp_path / "m", {"task": "Q1", "survey": "sdss"})
+    m2, card = load_model(tmp_path / "m", expect_task="Q1")
+    x = torch.rand(3, 3, 69, 69)
+    assert torch.equal(m(x), m2(x))
+    assert card["n_parameters"] == 2_602_849 and len(card["model_id"]) == 16
+    with pytest.raises(InputError, match="task 'Q1', not 'Q2'"):
+        load_model(tmp_path / "m", expect_task="Q2")
+    card["architecture"] = "resnet"
+    (tmp_path / "m" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="architecture 'resnet'"):
+        load_model(tmp_path / "m")
+    with pytest.raises(InputError, match="does not exist"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "weights.safetensors").write_bytes(b"<html>not weights</html>")
+    (tmp_path / "bad" / "card.json").write_text(json.dumps({"architecture": "ds18", "task": "Q1"}))
+    with pytest.raises(InputError, match="cannot be read"):
+        load_model(tmp_path / "bad")
