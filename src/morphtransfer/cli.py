@@ -40,18 +40,206 @@ def version() -> None:
 
 
 # ---- simulate (issue 2) -------------------------------------------------------------------
+@app.command()
+def simulate(
+    n: int = typer.Option(10000, "--n", help="Number of galaxies."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same data."),
+    out: Path = typer.Option(Path("data/mock"), "--out", help="Folder; one Store per survey."),
+    workers: int = typer.Option(2, "--workers", help="Rendering processes (0/1: in-process)."),
+    surveys: str = typer.Option("sdss,des", "--surveys", help="Comma-separated survey names."),
+    report: bool = typer.Option(True, "--report/--no-report",
+                                help="Write gallery.png, summary and the GZ2 comparison."),
+    gz2_table: Optional[Path] = typer.Option(None, "--gz2-table",
+                                             help="Real GZ2 vote table to compare with."),
+) -> None:
+    """Simulate the same galaxies seen by SDSS and DES, with Galaxy Zoo-like votes (resumable)."""
+    from rich.table import Table
+
+    from morphtransfer.simulate import simulate as _simulate
+
+    names = tuple(s.strip() for s in surveys.split(",") if s.strip())
+    res = _simulate(n, seed=seed, out=out, workers=workers, surveys=names, report=report,
+                    gz2_table=gz2_table)
+    done = ", ".join(f"{s}: {k}" for s, k in res.n_rendered.items())
+    console.print(f"rendered {done} galaxies in {res.seconds:.1f} s -> "
+                  + ", ".join(str(p) for p in res.stores.values()))
+    if res.summary is not None:
+        table = Table(title="Robust label rates (fraction > 0.7, >= 5 votes)")
+        for c in res.summary.columns:
+            table.add_column(str(c))
+        for _, row in res.summary.iterrows():
+            table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        console.print(table)
+    for key, path in res.files.items():
+        console.print(f"{key}: {path}")
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
 # ---- end simulate -------------------------------------------------------------------------
 
 # ---- ingest, download (issue 3) -----------------------------------------------------------
+@app.command("ingest")
+def ingest_command(
+    images: Path = typer.Option(..., "--images", help="Folder of cutouts (FITS, JPEG or PNG)."),
+    catalog: Path = typer.Option(..., "--catalog", help="Galaxy Zoo catalogue (CSV/Parquet)."),
+    format: str = typer.Option(..., "--format", help="gz1 | gz2 | gzdecals | kaggle | tidy"),
+    out: Path = typer.Option(..., "--out", help="Store folder (created, or resumed)."),
+    survey: str = typer.Option("sdss", help="Survey of the cutouts: sdss | des | decals."),
+    bands: Optional[str] = typer.Option(None, help="Output band order, e.g. g,r,i (default: survey's)."),
+    channels: Optional[str] = typer.Option(
+        None, help="JPEG/PNG: band in R,G,B, e.g. i,r,g (default: the survey's cutout service)."
+    ),
+    file_bands: Optional[str] = typer.Option(
+        None, help="FITS cubes without BAND0.. headers: their bands in file order, e.g. g,r,z."
+    ),
+    pixel_scale: Optional[float] = typer.Option(
+        None, help="arcsec/pixel of JPEG/PNG cutouts (enables the 10 x R90 crop)."
+    ),
+    workers: int = typer.Option(2, help="Reader processes."),
+    limit: Optional[int] = typer.Option(None, help="Ingest at most this many catalogue rows."),
+) -> None:
+    """Ingest cutouts + a Galaxy Zoo catalogue into a Store (resumable; bad galaxies -> rejects)."""
+    from morphtransfer.data.ingest import ingest, parse_bands
+    from morphtransfer.tasks import robust_summary
+
+    res = ingest(
+        images,
+        catalog,
+        format,
+        out,
+        survey=survey,
+        bands=parse_bands(bands),
+        workers=workers,
+        channel_bands=parse_bands(channels),
+        file_bands=parse_bands(file_bands),
+        pixel_scale_arcsec=pixel_scale,
+        limit=limit,
+    )
+    console.print(
+        f"{res.n_ingested} galaxies ingested in {res.seconds:.1f} s ({res.rate_per_s:.0f}/s); "
+        f"{res.n_skipped} already there; {res.n_rejected} rejected "
+        f"{res.reject_reasons or ''}; {res.n_dropped_by_catalog} dropped by the catalogue adapter"
+    )
+    console.print(f"Store {out}: {len(res.store)} galaxies, bands {res.store.bands}")
+    if res.n_rejected:
+        console.print(f"rejects: {Path(out) / 'rejects.csv'}")
+    summary = robust_summary(res.store.catalog)
+    if len(summary):
+        console.print(summary.to_string(index=False))
+
+
+@app.command("download")
+def download_command(
+    catalog: Path = typer.Option(..., "--catalog", help="Catalogue with id, ra, dec (and R90)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the cutouts (resumable)."),
+    survey: str = typer.Option("sdss", help="sdss (SkyServer JPEG) | des | decals (Legacy Survey FITS)."),
+    format: str = typer.Option("tidy", "--format", help="gz1 | gz2 | gzdecals | kaggle | tidy"),
+    concurrency: int = typer.Option(4, help="Requests in flight at once."),
+    timeout: float = typer.Option(30.0, help="Seconds per request (connect, read, and total)."),
+    retries: int = typer.Option(4, help="Retries per cutout, with exponential backoff."),
+    base_url: Optional[str] = typer.Option(None, help="Replace the cutout service address."),
+    limit: Optional[int] = typer.Option(None, help="Fetch at most this many rows."),
+) -> None:
+    """Download cutouts (size ~10 x R90) for a catalogue of RA/Dec from the survey's service."""
+    from morphtransfer.data.download import download
+
+    res = download(
+        catalog,
+        out,
+        survey=survey,
+        format=format,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        retries=retries,
+        base_url=base_url,
+        limit=limit,
+    )
+    console.print(
+        f"{res.n_ok} downloaded, {res.n_skipped} already on disk, {res.n_failed} failed "
+        f"({res.seconds:.1f} s). Catalogue for ingest: {res.catalog_path}"
+    )
+    if res.n_failed:
+        console.print(f"failures: {Path(out) / 'download_failures.csv'}")
+
+
 # ---- end ingest, download -----------------------------------------------------------------
 
 # ---- train, evaluate (issue 5) ------------------------------------------------------------
 # ---- end train, evaluate ------------------------------------------------------------------
 
 # ---- run: the transfer study (issue 4) ----------------------------------------------------
+@app.command("run")
+def run_cmd(
+    preset: str = typer.Option(
+        "quick", "--preset", help="quick | paper | path to a .toml written like them"
+    ),
+    out: Path = typer.Option(Path("runs/quick"), "--out", help="run folder (re-running resumes)"),
+    source: Optional[Path] = typer.Option(
+        None, "--source", help="source-survey Store (default: simulate the SDSS/DES pair)"
+    ),
+    target: Optional[Path] = typer.Option(
+        None, "--target", help="target-survey Store (without it: only the (0) rows)"
+    ),
+) -> None:
+    """The transfer study end to end: Table 2, Figure 2, the label-budget curves, report.html."""
+    from morphtransfer.study import run_study
+
+    run_study(preset=preset, out=out, source=source, target=target, console=console)
+
+
 # ---- end run ------------------------------------------------------------------------------
 
 # ---- predict (issue 6) --------------------------------------------------------------------
+@app.command(
+    "predict",
+    # `--models M1 M2 M3`: click options take one value each, so the values after the first land
+    # in ctx.args and are collected below (repeating --models and commas work too).
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def predict(
+    ctx: typer.Context,
+    models: list[str] = typer.Option(..., "--models", help="Model folders, one per task."),
+    out: Path = typer.Option(..., "--out", help="Catalogue file: .parquet or .fits."),
+    store: Optional[Path] = typer.Option(None, "--store", help="A morphtransfer Store."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of FITS/JPEG/PNG cutouts."),
+    catalog: Optional[Path] = typer.Option(
+        None, "--catalog", help="Table (CSV/Parquet) with id [file, ra, dec, r90_arcsec]."),
+    survey: Optional[str] = typer.Option(
+        None, "--survey", help="Survey of --images cutouts (band order, pixel scale)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="Model-input bands, e.g. g,r,i."),
+    engine: str = typer.Option("local", "--engine", help="local or ray."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster address (e.g. auto); none starts a local Ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: 1/GPU)."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Images read per batch."),
+    shard_size: int = typer.Option(16384, "--shard-size", help="Galaxies per resumable shard."),
+    mc_dropout: int = typer.Option(0, "--mc-dropout", help="N passes with dropout on: p_<task>_std."),
+    precision: str = typer.Option("32-true", "--precision", help="32-true or bf16."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Monte Carlo dropout masks."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Classify every galaxy with every model in one pass; resumable (re-run to continue)."""
+    from morphtransfer.predict import predict_catalog, read_provenance, rejects_path
+
+    extra = list(ctx.args)
+    unknown = [a for a in extra if a.startswith("-")]
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown}; see `morphtransfer predict --help`")
+    names = [m.strip() for v in [*models, *extra] for m in v.split(",") if m.strip()]
+    path = predict_catalog(
+        names, out, store=store, images=images, catalog=catalog, batch_size=batch_size,
+        engine=engine, address=address, mc_dropout=mc_dropout, precision=precision,
+        shard_size=shard_size, progress=progress, seed=seed, num_workers=workers,
+        survey=survey, bands=[b.strip() for b in bands.split(",")] if bands else None,
+    )
+    prov = read_provenance(path)
+    console.print(
+        f"{prov['n_galaxies']} galaxies classified -> {path}; "
+        f"{prov['n_rejected']} rejected -> {rejects_path(path)}"
+    )
+
+
 # ---- end predict --------------------------------------------------------------------------
 
 

@@ -107,7 +107,7 @@ class Store:
         p = self.path / "rejects.csv"
         if not p.exists():
             return pd.DataFrame(columns=["id", "file", "reason"])
-        return pd.read_csv(p, dtype=str)
+        return pd.read_csv(p, dtype=str, keep_default_na=False)  # an id "nan" stays an id
 
     # --- images ----------------------------------------------------------------------------
     @property

@@ -1,0 +1,166 @@
+"""Training and inference throughput of DS18 on this machine; prints one JSON line.
+
+    python benchmarks/train_speed.py [--store S --task Q1] [--n 600] [--epochs 3]
+                                     [--precision 32-true bf16-mixed] [--compile]
+
+Training is measured end to end through ``train_model`` (images read from a Store, Lightning,
+augmentation on the batch, batch 30): img/s over the epochs after the first (oneDNN builds its
+kernels in the first steps). Inference is ``predict_store`` (zarr reads overlapped, batch 512).
+Without --store a synthetic Store of blob images is built in a temporary folder.
+
+The ceiling is a large matmul measured in the same run (fp32 and bf16); the fraction of it each
+throughput reaches uses the network's FLOPs per image (2 x multiply-adds; training = forward +
+backward = 3x forward, less the input gradient of the first conv, which is not needed).
+Other processes share the cores: the JSON carries the load average and a CPU-time figure
+(images per CPU-second of this process x threads) that is less sensitive to contention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def ds18_forward_flops(image_size: int = 69) -> tuple[float, float]:
+    """(forward FLOPs per image, FLOPs of the first conv) of DS18: 2 x multiply-adds."""
+    s1 = image_size * image_size  # 'same' padding keeps 69 x 69
+    s2 = (image_size // 2) ** 2  # after the first 2x2 max-pool
+    s3 = (image_size // 4) ** 2  # after the second
+    conv1 = 2 * s1 * 32 * 3 * 6 * 6
+    conv2 = 2 * s1 * 64 * 32 * 5 * 5
+    conv3 = 2 * s2 * 128 * 64 * 2 * 2
+    conv4 = 2 * s3 * 128 * 128 * 3 * 3
+    dense = 2 * (128 * s3 * 64 + 64)
+    return float(conv1 + conv2 + conv3 + conv4 + dense), float(conv1)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
+    a = torch.rand(n, n).to(dtype)
+    b = torch.rand(n, n).to(dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return reps * 2 * n**3 / (time.perf_counter() - t) / 1e9
+
+
+def synthetic_store(path: Path, n: int):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_train import _votes, blob_images  # the test suite's round vs elongated blobs
+
+    from morphtransfer.data.store import StoreWriter
+
+    imgs, y = blob_images(n, np.random.default_rng(0))
+    rows = pd.concat([pd.DataFrame({"id": [f"g{i}" for i in range(n)], "true_disk": y}), _votes(y)],
+                     axis=1)
+    StoreWriter(path, survey="sdss", bands=["g", "r", "i"]).append(rows, imgs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", help="a Store with robust labels (default: synthetic blobs)")
+    ap.add_argument("--task", default="Q1")
+    ap.add_argument("--n", type=int, default=600, help="training galaxies (synthetic or subsample)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--no-channels-last", action="store_true")
+    ap.add_argument("--infer-n", type=int, default=4096, help="galaxies predicted (store repeated)")
+    args = ap.parse_args()
+
+    import lightning as L
+
+    from morphtransfer.data.store import Store
+    from morphtransfer.train import Recipe, predict_store, train_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="mt_bench_"))
+    try:
+        if args.store:
+            store = Store(args.store)
+        else:
+            synthetic_store(tmp / "store", args.n)
+            store = Store(tmp / "store")
+
+        class Clock(L.Callback):
+            def __init__(self):
+                self.epochs = []
+
+            def on_train_epoch_start(self, trainer, pl_module):
+                self.t, self.c, self.n = time.perf_counter(), time.process_time(), 0
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                self.n += len(batch[1])
+
+            def on_train_epoch_end(self, trainer, pl_module):
+                self.epochs.append((self.n, time.perf_counter() - self.t, time.process_time() - self.c))
+
+        threads = torch.get_num_threads()
+        flops_fwd, flops_conv1 = ds18_forward_flops()
+        flops_train = 3 * flops_fwd - flops_conv1
+        gf32 = matmul_gflops(torch.float32)
+        gfbf16 = matmul_gflops(torch.bfloat16)
+        result: dict = {
+            "benchmark": "train_speed",
+            "threads": threads,
+            "cpu_count": os.cpu_count(),
+            "load_avg_start": os.getloadavg()[0],
+            "gflop_per_image_forward": round(flops_fwd / 1e9, 4),
+            "gflop_per_image_train": round(flops_train / 1e9, 4),
+            "ceiling_gflops": round(gf32, 1),
+            "ceiling_gflops_bf16": round(gfbf16, 1),
+            "compile": bool(args.compile),
+            "channels_last": not args.no_channels_last,
+            "n_train": args.n,
+            "epochs": args.epochs,
+        }
+        for prec in args.precision:
+            tag = "" if prec == "32-true" else "_bf16"
+            ceiling = gf32 if prec == "32-true" else gfbf16
+            clock = Clock()
+            recipe = Recipe(max_epochs=args.epochs, precision=prec, compile=args.compile,
+                            channels_last=not args.no_channels_last, early_stopping_patience=None)
+            t0 = time.perf_counter()
+            out = train_model(store, args.task, recipe=recipe, out=tmp / f"model{tag}",
+                              n_train=args.n if args.store else None, progress=False,
+                              callbacks=[clock])
+            total = time.perf_counter() - t0
+            steady = clock.epochs[1:] or clock.epochs
+            n_img = sum(e[0] for e in steady)
+            wall = sum(e[1] for e in steady)
+            cpu = sum(e[2] for e in steady)
+            train_ips = n_img / wall
+            result[f"train_img_per_s{tag}"] = round(train_ips, 1)
+            result[f"train_img_per_cpu_s_x_threads{tag}"] = round(n_img / cpu * threads, 1)
+            result[f"train_first_epoch_s{tag}"] = round(clock.epochs[0][1], 2)
+            result[f"train_total_s{tag}"] = round(total, 2)
+            result[f"train_fraction_of_ceiling{tag}"] = round(train_ips * flops_train / 1e9 / ceiling, 3)
+
+            # inference from the Store: repeat the catalogue up to infer_n rows
+            cat = store.catalog
+            rows = cat.iloc[np.arange(args.infer_n) % len(cat)]
+            predict_store(out, store, rows.iloc[:512], precision=prec)  # warm-up
+            t, c = time.perf_counter(), time.process_time()
+            predict_store(out, store, rows, precision=prec)
+            dt, dc = time.perf_counter() - t, time.process_time() - c
+            infer_ips = len(rows) / dt
+            result[f"infer_img_per_s{tag}"] = round(infer_ips, 1)
+            result[f"infer_img_per_cpu_s_x_threads{tag}"] = round(len(rows) / dc * threads, 1)
+            result[f"infer_fraction_of_ceiling{tag}"] = round(infer_ips * flops_fwd / 1e9 / ceiling, 3)
+        result["load_avg_end"] = os.getloadavg()[0]
+        print(json.dumps(result))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

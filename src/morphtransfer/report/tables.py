@@ -1,0 +1,225 @@
+"""Metrics from predictions, and the study's Table 2 (markdown, CSV, LaTeX).
+
+Everything here is computed from ``predictions.parquet`` alone (one row per experiment, seed and
+test galaxy), so that every number of ``metrics.json`` and ``table2.*`` can be recomputed from it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from morphtransfer.study import EXPERIMENT_TITLES
+
+GROUP = ["task", "experiment", "n_train_target", "seed"]
+METRICS = ("tpr", "precision", "accuracy", "auc")
+# A row of Table 2 "reaches the (0) level" when its mean AUC is within this of the (0) AUC:
+# about the bootstrap half-width of an AUC on a few hundred test galaxies.
+REACH_TOLERANCE = 0.02
+
+
+def _metrics_module():
+    from morphtransfer import metrics
+
+    return metrics
+
+
+def _ensure_columns(preds: pd.DataFrame) -> pd.DataFrame:
+    p = preds.copy()
+    if "n_train_target" not in p.columns:
+        p["n_train_target"] = np.where(p["experiment"].isin(["0", "a"]), 0, p["n_train"])
+    if "truth" not in p.columns:
+        p["truth"] = np.nan
+    return p
+
+
+def compute_metrics(
+    preds: pd.DataFrame, p_threshold: float = 0.5, n_boot: int = 1000, seed: int = 0
+) -> list[dict]:
+    """One dict per (task, experiment, n_train_target, seed): metrics against the volunteers'
+    robust labels with bootstrap intervals; against the simulator's truth where it exists; and
+    the volunteers' own accuracy against the truth on the same test galaxies."""
+    m = _metrics_module()
+    preds = _ensure_columns(preds)
+    rows = []
+    for key, g in preds.groupby(GROUP, sort=True):
+        y = g["label"].to_numpy().astype(int)
+        p = g["p"].to_numpy().astype("float64")
+        r = {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(GROUP, key)}
+        r["n_train"] = int(g["n_train"].iloc[0])
+        r["n_test"] = int(len(g))
+        r["n_pos"] = int(y.sum())
+        ev = m.evaluate_predictions(y, p, p_threshold=p_threshold, n_boot=n_boot, seed=seed)
+        r.update({k: _plain(v) for k, v in ev.items() if k not in ("n", "n_pos")})
+        truth = g["truth"].to_numpy(dtype="float64")
+        if np.isfinite(truth).all() and len(np.unique(truth)) == 2:
+            t = truth.astype(int)
+            bm = m.binary_metrics(t, p, p_threshold=p_threshold)
+            r["truth"] = {
+                "tpr": _plain(bm["tpr"]),
+                "precision": _plain(bm["precision"]),
+                "accuracy": _plain(bm["accuracy"]),
+                "auc": _plain(m.roc_auc(t, p)),
+                "n_pos": int(t.sum()),
+                # how often the robust volunteer label itself is wrong: the volunteers' error
+                "volunteer_accuracy": float(np.mean(t == y)),
+            }
+        rows.append(r)
+    return rows
+
+
+def _plain(v):
+    if isinstance(v, (np.floating, float)):
+        return float(v)
+    if isinstance(v, (np.integer, int)):
+        return int(v)
+    return v
+
+
+def aggregate(per_seed: list[dict]) -> pd.DataFrame:
+    """Mean and spread over seeds of every metric, per (task, experiment, n_train_target).
+
+    ``<m>_std`` is the sample standard deviation over seeds (training-sample variability; 0 for
+    one seed); ``<m>_lo``/``<m>_hi`` are the per-seed bootstrap 95% bounds averaged over seeds
+    (test-sample uncertainty).
+    """
+    df = pd.json_normalize(per_seed, sep="_")
+    out = []
+    for key, g in df.groupby(["task", "experiment", "n_train_target"], sort=True):
+        r = dict(zip(["task", "experiment", "n_train_target"], key))
+        r["n_train"] = int(g["n_train"].iloc[0])
+        r["n_test"] = int(g["n_test"].iloc[0])
+        r["n_pos"] = int(g["n_pos"].iloc[0])
+        r["n_seeds"] = int(len(g))
+        for mname in METRICS:
+            vals = g[mname].to_numpy(dtype="float64")
+            r[mname] = float(np.mean(vals))
+            r[f"{mname}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            for b in ("lo", "hi"):
+                col = f"{mname}_{b}"
+                r[col] = float(np.mean(g[col].to_numpy(dtype="float64"))) if col in g else math.nan
+        for mname in ("tpr", "precision", "accuracy", "auc", "volunteer_accuracy"):
+            col = f"truth_{mname}"
+            r[col] = float(np.mean(g[col].to_numpy(dtype="float64"))) if col in g else math.nan
+        out.append(r)
+    res = pd.DataFrame(out)
+    if len(res):
+        order = {k: i for i, k in enumerate(EXPERIMENT_TITLES)}
+        res = res.sort_values(
+            ["task", "experiment", "n_train_target"],
+            key=lambda s: s.map(order) if s.name == "experiment" else s,
+            kind="stable",
+        ).reset_index(drop=True)
+    return res
+
+
+def table2(agg: pd.DataFrame, main_n: dict[str, int]) -> pd.DataFrame:
+    """The rows of Table 2: per task, 0 and a, and b, c, d at the task's main target n_train."""
+    keep = (agg["experiment"].isin(["0", "a"])) | (
+        agg.apply(lambda r: r["n_train_target"] == main_n.get(r["task"], -1), axis=1)
+    )
+    t = agg[keep].copy()
+    t.insert(0, "question", t.pop("task"))
+    t.insert(2, "description", t["experiment"].map(EXPERIMENT_TITLES))
+    return t.drop(columns=["n_train_target"]).reset_index(drop=True)
+
+
+def label_budget(agg: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the label-budget curves: b, c, d at every n_train, with the 0 and a levels."""
+    rows = agg[agg["experiment"].isin(["b", "c", "d"])].copy()
+    levels = agg[agg["experiment"].isin(["0", "a"])].set_index(["task", "experiment"])
+    for lvl in ("0", "a"):
+        for mname in METRICS:
+            rows[f"{mname}_level_{lvl}"] = [
+                levels[mname].get((t, lvl), math.nan) for t in rows["task"]
+            ]
+    return rows.reset_index(drop=True)
+
+
+def n_to_reach_level(budget: pd.DataFrame, metric: str = "auc", tol: float = REACH_TOLERANCE) -> dict:
+    """Smallest target n_train at which each of b, c, d reaches the (0) level (mean over seeds)."""
+    out: dict = {}
+    for (task, exp), g in budget.groupby(["task", "experiment"], sort=True):
+        g = g.sort_values("n_train_target")
+        level = g[f"{metric}_level_0"].iloc[0]
+        hit = g[g[metric] >= level - tol]
+        out.setdefault(task, {})[exp] = int(hit["n_train_target"].iloc[0]) if len(hit) else None
+    return out
+
+
+# ---- writers ------------------------------------------------------------------------------
+
+
+def _cell(r: pd.Series, m: str, with_ci: bool = True) -> str:
+    v = r[m]
+    if not np.isfinite(v):
+        return "-"
+    s = f"{v:.3f}"
+    if r.get("n_seeds", 1) > 1:
+        s += f" ± {r[f'{m}_std']:.3f}"
+    if with_ci and np.isfinite(r.get(f"{m}_lo", math.nan)):
+        s += f" [{r[f'{m}_lo']:.2f}, {r[f'{m}_hi']:.2f}]"
+    return s
+
+
+def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5) -> str:
+    head = "| Question | Exp. | Description | N_train | N_test | N_pos | TPR | Precision | Accuracy | AUC |"
+    lines = [head, "|" + "---|" * 10]
+    for _, r in t2.iterrows():
+        lines.append(
+            f"| {r['question']} | ({r['experiment']}) | {r['description']} | {r['n_train']} | "
+            f"{r['n_test']} | {r['n_pos']} | {_cell(r, 'tpr')} | {_cell(r, 'precision')} | "
+            f"{_cell(r, 'accuracy')} | {_cell(r, 'auc')} |"
+        )
+    lines.append("")
+    lines.append(
+        f"TPR, precision and accuracy at P_th = {p_threshold}, against robust volunteer labels of "
+        "the test survey. Value ± spread over seeds (different target training samples) "
+        "[bootstrap 95% interval over test galaxies]. N_train: SDSS galaxies for (0) and (a), "
+        "DES galaxies for (b), (c), (d)."
+    )
+    if "truth_accuracy" in t2.columns and np.isfinite(t2["truth_accuracy"]).any():
+        lines += [
+            "",
+            "Against the simulator's truth (same test galaxies): model vs truth, and the robust "
+            "volunteer labels vs truth.",
+            "",
+            "| Question | Exp. | TPR (truth) | Precision (truth) | Accuracy (truth) | AUC (truth) | Volunteer accuracy |",
+            "|" + "---|" * 7,
+        ]
+        for _, r in t2.iterrows():
+            f = lambda c: f"{r[c]:.3f}" if np.isfinite(r[c]) else "-"  # noqa: E731
+            lines.append(
+                f"| {r['question']} | ({r['experiment']}) | {f('truth_tpr')} | "
+                f"{f('truth_precision')} | {f('truth_accuracy')} | {f('truth_auc')} | "
+                f"{f('truth_volunteer_accuracy')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(t2: pd.DataFrame, p_threshold: float = 0.5) -> str:
+    lines = [
+        r"\begin{table}",
+        r"\centering",
+        r"\caption{Transfer from SDSS to DES (after Dominguez S\'anchez et al. 2019, Table 2): "
+        rf"metrics at $P_{{\rm th}}={p_threshold}$, mean $\pm$ spread over seeds.}}",
+        r"\begin{tabular}{llrrrcccc}",
+        r"\hline",
+        r"Question & Exp. & $N_{\rm train}$ & $N_{\rm test}$ & $N_{\rm pos}$ & TPR & Precision & Accuracy & AUC \\",
+        r"\hline",
+    ]
+    for _, r in t2.iterrows():
+        cells = []
+        for m in ("tpr", "precision", "accuracy", "auc"):
+            c = f"{r[m]:.3f}" if np.isfinite(r[m]) else "--"
+            if r["n_seeds"] > 1 and np.isfinite(r[m]):
+                c = f"${r[m]:.3f} \\pm {r[m + '_std']:.3f}$"
+            cells.append(c)
+        lines.append(
+            f"{r['question']} & ({r['experiment']}) & {r['n_train']} & {r['n_test']} & "
+            f"{r['n_pos']} & " + " & ".join(cells) + r" \\"
+        )
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

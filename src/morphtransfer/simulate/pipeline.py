@@ -1,0 +1,298 @@
+"""simulate(): the built-in survey pair, written as one Store per survey, streaming and resumable.
+
+Every galaxy is a pure function of (seed, galaxy index, survey): its intrinsic properties come from
+stream 0 of its own generator, its image noise, PSF and volunteers from a stream per survey
+(population.galaxy_rng). So batches can be rendered by any worker in any order, a galaxy missing
+from one store can be re-rendered for that store alone, and the same seed gives the same
+catalogues and images. Results are committed in galaxy-index order, so the stores' image_index
+order is the same whether a run was interrupted or not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import zlib
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import multiprocessing as mp
+import numpy as np
+import pandas as pd
+
+from morphtransfer.data.store import IMAGE_SIZE, StoreWriter
+from morphtransfer.errors import InputError
+from morphtransfer.simulate.population import draw_galaxy, galaxy_id, galaxy_rng
+from morphtransfer.simulate.render import MAX_STAMP_PIXELS, observe
+from morphtransfer.simulate.volunteers import (
+    VolunteerModel,
+    draw_n_votes,
+    draw_votes,
+    vote_probabilities,
+)
+from morphtransfer.surveys import get_survey
+from morphtransfer.tasks import add_fractions
+
+SIMULATOR_VERSION = 1
+DEFAULT_SURVEYS = ("sdss", "des")
+# Stable per-survey random streams (never derived from process order or Python's salted hash).
+_SURVEY_STREAMS = {"sdss": 1, "des": 2, "decals": 3}
+
+
+def survey_stream(name: str) -> int:
+    return _SURVEY_STREAMS.get(name, 1000 + zlib.crc32(name.encode()) % 100000)
+
+
+def _limit_threads() -> None:
+    # One BLAS/FFT thread per worker: the pool already uses every core, and oversubscription
+    # made the small matrix products 20x slower on a shared 2-core machine.
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+
+
+def simulate_galaxy(
+    seed: int,
+    index: int,
+    surveys: tuple[str, ...] = DEFAULT_SURVEYS,
+    volunteers: VolunteerModel | None = None,
+    max_pixels: int = MAX_STAMP_PIXELS,
+) -> dict[str, tuple[dict, np.ndarray]]:
+    """One galaxy in each of ``surveys``: {survey: (catalogue row without fractions, image)}."""
+    model = volunteers or VolunteerModel()
+    g = draw_galaxy(seed, index)
+    truth = g.truth_row()
+    out = {}
+    for name in surveys:
+        sv = get_survey(name)
+        stream = survey_stream(sv.name)
+        obs = observe(g, sv, galaxy_rng(seed, index, stream), max_pixels=max_pixels)
+        vrng = galaxy_rng(seed, index, stream + 1_000_000)
+        n_votes = draw_n_votes(sv.votes_min, sv.votes_max, vrng)
+        vis = obs.visibility
+        probs = vote_probabilities(
+            vis["vis_arms"], vis["vis_bar"], vis["vis_axis_ratio"], model, rng=vrng
+        )
+        counts = draw_votes(probs, n_votes, model, vrng)
+        row = {
+            "id": g.id,
+            "ra": g.ra,
+            "dec": g.dec,
+            "survey": sv.name,
+            "redshift": g.redshift,
+            "mag_r": g.mag_r,
+            "r90_arcsec": g.r90_arcsec,
+            "r50_arcsec": g.r50_arcsec,
+        }
+        row.update(obs.catalog_row())
+        row.update({k: int(v[0]) for k, v in counts.items()})
+        row.update(truth)
+        out[sv.name] = (row, obs.images)
+    return out
+
+
+def _render_batch(job):
+    seed, indices, needs, vol_params, max_pixels = job
+    model = VolunteerModel(**vol_params)
+    rows: dict[str, list] = {}
+    imgs: dict[str, list] = {}
+    for index, surveys in zip(indices, needs):
+        res = simulate_galaxy(seed, index, surveys, model, max_pixels)
+        for s, (row, img) in res.items():
+            rows.setdefault(s, []).append(row)
+            imgs.setdefault(s, []).append(img)
+    return {s: (rows[s], np.stack(imgs[s])) for s in rows}
+
+
+def _worker_init():
+    _limit_threads()
+
+
+@dataclass
+class SimulationResult:
+    out: Path
+    stores: dict[str, Path]
+    n: int
+    seed: int
+    n_rendered: dict[str, int]
+    seconds: float
+    summary: pd.DataFrame | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_existing(path: Path, meta: dict) -> None:
+    p = path / "store.json"
+    if not p.exists():
+        return
+    old = json.loads(p.read_text()).get("simulation")
+    if old is None:
+        raise InputError(
+            f"{path} is a Store that the simulator did not write; choose another --out folder"
+        )
+    for key in ("seed", "simulator_version", "volunteers", "max_pixels", "surveys"):
+        if old.get(key) != meta.get(key):
+            raise InputError(
+                f"{path} was simulated with {key}={old.get(key)!r}, not {meta.get(key)!r}; "
+                "resume with the same settings or write to a new --out folder"
+            )
+
+
+def simulate(
+    n: int,
+    seed: int = 0,
+    out: str | os.PathLike = "data/mock",
+    workers: int = 2,
+    surveys: tuple[str, ...] | list[str] = DEFAULT_SURVEYS,
+    batch_size: int = 32,
+    commit_every: int = 512,
+    volunteers: VolunteerModel | None = None,
+    max_pixels: int = MAX_STAMP_PIXELS,
+    progress: bool = True,
+    report: bool = True,
+    gz2_table: str | os.PathLike | None = None,
+) -> SimulationResult:
+    """Simulate ``n`` galaxies seen by each survey, into ``out/<survey>`` Stores.
+
+    Streaming: batches of ``batch_size`` galaxies are rendered by ``workers`` processes (0 or 1:
+    in this process), committed every ``commit_every`` galaxies, so memory does not grow with n.
+    Resumable: galaxies already committed in every store are skipped; one present in only some
+    stores is rendered again for the others (deterministically identical). With ``report``, also
+    writes ``out/gallery.png``, ``out/summary.json`` and the comparison with GZ2
+    (``out/vote_comparison.{json,png}``) - see simulate/summary.py.
+    """
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
+        raise InputError(f"--n must be a positive number of galaxies, got {n!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"--seed must be an integer >= 0, got {seed!r}")
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0, got {workers}")
+    if batch_size <= 0 or commit_every <= 0:
+        raise InputError("batch_size and commit_every must be positive")
+    survey_objs = [get_survey(s) for s in surveys]
+    names = tuple(s.name for s in survey_objs)
+    if len(set(names)) != len(names):
+        raise InputError(f"surveys {list(surveys)} repeat a survey")
+    model = volunteers or VolunteerModel()
+    out = Path(out)
+    meta = {
+        "seed": int(seed),
+        "simulator_version": SIMULATOR_VERSION,
+        "volunteers": model.as_dict(),
+        "max_pixels": int(max_pixels),
+        "surveys": list(names),
+    }
+    # Workers are forked before any Store is opened (zarr and pyarrow start threads; a fork
+    # after that could inherit a held lock). Fork, not spawn: spawn re-imports the caller's
+    # __main__, which breaks scripts without an ``if __name__ == "__main__"`` guard.
+    pool = None
+    if workers > 1:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+        for f in [pool.submit(_worker_init) for _ in range(workers)]:
+            f.result()  # start the workers now
+    writers: dict[str, StoreWriter] = {}
+    for sv in survey_objs:
+        path = out / sv.name
+        _check_existing(path, meta)
+        writers[sv.name] = StoreWriter(
+            path, survey=sv.name, bands=list(sv.band_names), image_size=IMAGE_SIZE,
+            extra_meta={"simulation": {**meta, "n_requested": int(n)}},
+        )
+    done = {s: w.existing_ids for s, w in writers.items()}
+    todo: list[tuple[int, tuple[str, ...]]] = []
+    for i in range(int(n)):
+        gid = galaxy_id(i)
+        need = tuple(s for s in names if gid not in done[s])
+        if need:
+            todo.append((i, need))
+    del done
+    jobs = [
+        (
+            int(seed),
+            [i for i, _ in todo[k : k + batch_size]],
+            [need for _, need in todo[k : k + batch_size]],
+            model.as_dict(),
+            int(max_pixels),
+        )
+        for k in range(0, len(todo), batch_size)
+    ]
+    t0 = time.perf_counter()
+    n_rendered = {s: 0 for s in names}
+    buffers: dict[str, list] = {s: [] for s in names}
+
+    def flush():
+        for s, items in buffers.items():
+            if not items:
+                continue
+            rows = add_fractions(pd.DataFrame([r for part, _ in items for r in part]))
+            imgs = np.concatenate([im for _, im in items])
+            writers[s].append(rows, imgs)
+            n_rendered[s] += len(rows)
+            buffers[s] = []
+
+    def take(result):
+        for s, (rows, imgs) in result.items():
+            buffers[s].append((rows, imgs))
+        if max(sum(len(r) for r, _ in b) for b in buffers.values()) >= commit_every:
+            flush()
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+    prog = Progress(
+        TextColumn("simulate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("galaxies"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    )
+    with prog:
+        task = prog.add_task("simulate", total=int(n), completed=int(n) - len(todo))
+        try:
+            if workers <= 1:
+                _limit_threads()
+                for job in jobs:
+                    take(_render_batch(job))
+                    prog.advance(task, len(job[1]))
+            else:
+                with pool as ex:
+                    pending: deque = deque()
+                    it = iter(jobs)
+                    max_in_flight = 2 * workers + 1
+                    for job in it:
+                        pending.append((ex.submit(_render_batch, job), len(job[1])))
+                        if len(pending) >= max_in_flight:
+                            break
+                    while pending:
+                        fut, k = pending.popleft()
+                        take(fut.result())  # in submission order: deterministic commits
+                        prog.advance(task, k)
+                        nxt = next(it, None)
+                        if nxt is not None:
+                            pending.append((ex.submit(_render_batch, nxt), len(nxt[1])))
+        finally:
+            flush()  # whatever finished is committed, also when interrupted
+    seconds = time.perf_counter() - t0
+    result = SimulationResult(
+        out=out,
+        stores={s: out / s for s in names},
+        n=int(n),
+        seed=int(seed),
+        n_rendered=n_rendered,
+        seconds=seconds,
+    )
+    if report:
+        from morphtransfer.simulate.summary import write_report
+
+        write_report(result, gz2_table=gz2_table)
+    return result

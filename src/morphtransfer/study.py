@@ -1,0 +1,838 @@
+"""The transfer study as data: experiments 0, a, b, c, d x tasks x seeds, the label-budget sweep,
+the splits that keep every test galaxy out of every training set, and a resumable runner.
+
+The design is Dominguez Sanchez et al. 2019 (MNRAS 484, 93), section 4 and Table 2:
+
+    0  the source (SDSS) model tested on the source test set
+    a  the source model applied as it is to the target (DES) test set
+    b  fine-tune every layer of the source model on n target galaxies
+    c  fine-tune the dense part only (convolutional layers frozen) on the same n
+    d  train from scratch on the same n target galaxies
+
+Labels for training and testing are robust volunteer labels (``tasks.robust_labels``), taken in
+each survey separately. Truth columns of simulated data (``true_*``) are never used for training
+or testing; they are carried into the predictions for the report's "model error vs volunteer error"
+figures only.
+
+A run folder (``runs/<name>``) holds everything::
+
+    config.toml                 the exact configuration of this run (resume refuses a different one)
+    splits.parquet              every galaxy's role per task: source_train/source_test/target_pool/target_test
+    models/<task>/source/       the source model of each task (weights + card)
+    models/<task>/<b|c|d>_n<N>_s<seed>/
+    experiments/<key>/predictions.parquet + done.json   one finished experiment (resume unit)
+    predictions.parquet, metrics.json, table2.{md,csv,tex}, figures/, report.html
+
+Python and the command are the same function: ``run_study(preset="quick", out="runs/quick")``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from morphtransfer.errors import InputError
+from morphtransfer.tasks import TASKS, add_fractions, get_task, robust_labels
+
+PRESETS = ("quick", "paper")
+
+# What each experiment is, in the study's words (Table 2 of Dominguez Sanchez et al. 2019).
+EXPERIMENT_TITLES = {
+    "0": "SDSS model on SDSS",
+    "a": "SDSS model on DES, as it is",
+    "b": "fine-tuned, all layers",
+    "c": "fine-tuned, dense layers only",
+    "d": "trained from scratch on DES",
+}
+TARGET_TRAINED = ("b", "c", "d")
+ROLES = ("source_train", "source_test", "target_pool", "target_test")
+
+
+class SplitOverlapError(AssertionError):
+    """A galaxy is in both the training and the test set of an experiment: a bug, never data."""
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+def preset_path(preset: str) -> Path:
+    """A preset name (quick, paper) or the path of a TOML file written like them."""
+    p = Path(preset)
+    if p.suffix == ".toml":
+        if not p.is_file():
+            raise InputError(f"configuration file {p} does not exist")
+        return p
+    if preset not in PRESETS:
+        raise InputError(
+            f"unknown preset {preset!r}; use one of {', '.join(PRESETS)} or a path to a .toml file "
+            "(copy src/morphtransfer/configs/quick.toml and edit it)"
+        )
+    return Path(str(resources.files("morphtransfer") / "configs" / f"{preset}.toml"))
+
+
+def load_config(preset: str = "quick") -> dict:
+    path = preset_path(preset)
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path} is not valid TOML: {exc}") from exc
+    for section in ("study", "source", "target", "recipe"):
+        if section not in cfg:
+            raise InputError(f"{path} lacks the [{section}] section; start from a shipped preset")
+    cfg.setdefault("name", path.stem)
+    cfg.setdefault("labels", {"rule": "fraction", "p_threshold": 0.7, "min_votes": 5})
+    cfg.setdefault("sweep", {"n_train": [], "seeds": []})
+    cfg.setdefault("estimate", {})
+    return cfg
+
+
+def _per_task(value, task: str, what: str) -> int:
+    if isinstance(value, dict):
+        if task not in value:
+            raise InputError(f"configuration {what} has no entry for {task}")
+        return int(value[task])
+    return int(value)
+
+
+def _to_toml(cfg: dict) -> str:
+    """Minimal TOML writer for the configuration (tables, scalars, lists, inline dicts)."""
+
+    def scalar(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"cannot write {type(v)} to TOML")
+
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict):
+        plain = {k: v for k, v in d.items() if not (isinstance(v, dict) and _is_table(v))}
+        subs = {k: v for k, v in d.items() if isinstance(v, dict) and _is_table(v)}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        for k, v in plain.items():
+            lines.append(f"{k} = {scalar(v)}")
+        for k, v in subs.items():
+            table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", cfg)
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _is_table(d: dict) -> bool:
+    # inline dicts of per-task numbers (n_train = { Q1 = ..}) stay inline; sections are tables
+    return not all(k in TASKS for k in d) or not d
+
+
+# ---- experiments as data -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the study: which model is trained from what, on how many target galaxies.
+
+    ``init``: "scratch", "source" (this task's source model) or a model folder.
+    ``trainable``: "all", "head" (dense part only) or "none" (the model is applied as it is).
+    ``test_on``: "source" (experiment 0) or "target".
+    """
+
+    task: str
+    name: str  # "0", "a", "b", "c", "d"
+    init: str
+    trainable: str
+    n_train: int  # target galaxies trained on (0 for experiments 0 and a)
+    seed: int
+    test_on: str
+
+    @property
+    def trains(self) -> bool:
+        return self.trainable != "none"
+
+    @property
+    def key(self) -> str:
+        if not self.trains:
+            return f"{self.task}/{self.name}"
+        return f"{self.task}/{self.name}_n{self.n_train}_s{self.seed}"
+
+    @property
+    def title(self) -> str:
+        return EXPERIMENT_TITLES.get(self.name, self.name)
+
+
+def make_experiment(task: str, name: str, n_train: int = 0, seed: int = 0) -> Experiment:
+    if name == "0":
+        return Experiment(task, "0", "source", "none", 0, 0, "source")
+    if name == "a":
+        return Experiment(task, "a", "source", "none", 0, 0, "target")
+    if name == "b":
+        return Experiment(task, "b", "source", "all", int(n_train), int(seed), "target")
+    if name == "c":
+        return Experiment(task, "c", "source", "head", int(n_train), int(seed), "target")
+    if name == "d":
+        return Experiment(task, "d", "scratch", "all", int(n_train), int(seed), "target")
+    raise InputError(f"unknown experiment {name!r}; the study has 0, a, b, c, d")
+
+
+def plan_experiments(
+    cfg: dict, tasks: list[str], with_target: bool = True, pool_sizes: dict | None = None
+) -> tuple[list[Experiment], list[str]]:
+    """The study's experiment list (and notes on what was capped or skipped).
+
+    Main rows (Table 2): 0 and a once per task; b, c, d at the target n_train for every seed.
+    Sweep: b, c, d at every sweep n_train for the sweep seeds (rows shared with the main ones
+    are not repeated). ``pool_sizes[task]`` caps n_train at the robust target galaxies available.
+    """
+    notes: list[str] = []
+    out: list[Experiment] = []
+    seen: set[str] = set()
+
+    def add(e: Experiment):
+        if e.key not in seen:
+            seen.add(e.key)
+            out.append(e)
+
+    for task in tasks:
+        add(make_experiment(task, "0"))
+        if not with_target:
+            continue
+        add(make_experiment(task, "a"))
+        pool = None if pool_sizes is None else int(pool_sizes[task])
+        n_main = _per_task(cfg["target"]["n_train"], task, "[target] n_train")
+        if pool is not None and n_main > pool:
+            notes.append(
+                f"{task}: only {pool} robust target galaxies are left for training after the test "
+                f"set; Table 2 uses n_train={pool} instead of {n_main}"
+            )
+            n_main = pool
+        if n_main < 2:
+            notes.append(f"{task}: too few robust target galaxies to fine-tune; b, c, d skipped")
+            continue
+        for seed in cfg["study"]["seeds"]:
+            for name in TARGET_TRAINED:
+                add(make_experiment(task, name, n_main, seed))
+        for n in cfg["sweep"].get("n_train", []):
+            if pool is not None and n > pool:
+                notes.append(f"{task}: sweep point n_train={n} skipped (only {pool} in the pool)")
+                continue
+            for seed in cfg["sweep"].get("seeds", []):
+                for name in TARGET_TRAINED:
+                    add(make_experiment(task, name, n, seed))
+    return out, notes
+
+
+def main_n_train(cfg: dict, task: str, pool_size: int | None = None) -> int:
+    n = _per_task(cfg["target"]["n_train"], task, "[target] n_train")
+    return n if pool_size is None else min(n, int(pool_size))
+
+
+# ---- splits --------------------------------------------------------------------------------
+
+
+def prepare_catalog(catalog: pd.DataFrame) -> pd.DataFrame:
+    """Vote fractions filled from counts where the catalogue has counts."""
+    if any(c.endswith("_count") for c in catalog.columns):
+        return add_fractions(catalog)
+    return catalog
+
+
+def task_labels(catalog: pd.DataFrame, task: str, label_cfg: dict) -> pd.Series:
+    """Robust labels 1/0/-1 of one task (raises InputError when the votes are missing)."""
+    return robust_labels(
+        catalog,
+        task,
+        rule=label_cfg.get("rule", "fraction"),
+        p_threshold=float(label_cfg.get("p_threshold", 0.7)),
+        min_votes=int(label_cfg.get("min_votes", 5)),
+    )
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in keys])
+
+
+def make_splits(
+    source_catalog: pd.DataFrame,
+    target_catalog: pd.DataFrame | None,
+    task: str,
+    cfg: dict,
+) -> pd.DataFrame:
+    """Every robust galaxy's role for one task: id, survey ("source"/"target"), role, label, order.
+
+    Test sets are drawn first (target, then source), so they never shrink when training sizes
+    grow. The source training set excludes both test sets (the same galaxy id seen by both
+    surveys is the same galaxy: a model fine-tuned from the source model has seen its source
+    training set). The target pool (what b, c, d draw from) excludes the target test set.
+    ``order`` is the galaxy's position in the pool's shuffled order for seed 0 (see ``target_train``).
+    """
+    tidx = list(TASKS).index(task) if task in TASKS else 0
+    split_seed = int(cfg["study"].get("split_seed", 0))
+    src = prepare_catalog(source_catalog)
+    src_lab = task_labels(src, task, cfg.get("labels", {}))
+    src_ids = src["id"].astype(str).to_numpy()
+    src_rob = src_lab.to_numpy() >= 0
+
+    frames = []
+    taken_test: set[str] = set()
+    if target_catalog is not None:
+        tgt = prepare_catalog(target_catalog)
+        tgt_lab = task_labels(tgt, task, cfg.get("labels", {})).to_numpy()
+        tgt_ids = tgt["id"].astype(str).to_numpy()
+        rob = np.flatnonzero(tgt_lab >= 0)
+        perm = rob[_rng(split_seed, tidx, 1).permutation(len(rob))]
+        n_test = _per_task(cfg["target"]["n_test"], task, "[target] n_test")
+        # never let the test set eat the pool: keep at least the main n_train for training
+        n_main = _per_task(cfg["target"]["n_train"], task, "[target] n_train")
+        n_test = min(n_test, max(len(perm) - n_main, len(perm) // 2))
+        test, pool = perm[:n_test], perm[n_test:]
+        taken_test |= set(tgt_ids[test])
+        frames.append(_role_frame(tgt_ids[test], tgt_lab[test], "target", "target_test"))
+        frames.append(_role_frame(tgt_ids[pool], tgt_lab[pool], "target", "target_pool"))
+
+    rob = np.flatnonzero(src_rob)
+    perm = rob[_rng(split_seed, tidx, 2).permutation(len(rob))]
+    src_lab_np = src_lab.to_numpy()
+    n_test = _per_task(cfg["source"]["n_test"], task, "[source] n_test")
+    n_train = _per_task(cfg["source"]["n_train"], task, "[source] n_train")
+    n_test = min(n_test, len(perm) // 3) if len(perm) < n_test + n_train else n_test
+    test = perm[:n_test]
+    rest = perm[n_test:]
+    rest = rest[~np.isin(src_ids[rest], list(taken_test))]
+    train = rest[:n_train]
+    frames.append(_role_frame(src_ids[test], src_lab_np[test], "source", "source_test"))
+    frames.append(_role_frame(src_ids[train], src_lab_np[train], "source", "source_train"))
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(0, "task", task)
+    return out
+
+
+def _role_frame(ids, labels, survey, role) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": pd.Series(ids, dtype="string"),
+            "survey": survey,
+            "role": role,
+            "label": np.asarray(labels, dtype="int8"),
+            "order": np.arange(len(ids), dtype="int64"),
+        }
+    )
+
+
+def target_train(splits: pd.DataFrame, task: str, n_train: int, seed: int, split_seed: int) -> pd.DataFrame:
+    """The n_train target galaxies of one seed: the first n of that seed's shuffle of the pool.
+
+    Nested: for one seed, the 100-galaxy sample contains the 50-galaxy one, so the label-budget
+    curve measures more labels, not different labels. Different seeds draw different samples.
+    """
+    tidx = list(TASKS).index(task) if task in TASKS else 0
+    pool = splits[(splits["task"] == task) & (splits["role"] == "target_pool")]
+    pool = pool.sort_values("order", kind="stable").reset_index(drop=True)
+    perm = _rng(split_seed, tidx, 3, seed).permutation(len(pool))
+    return pool.iloc[perm[: int(n_train)]].reset_index(drop=True)
+
+
+def rows_of(splits: pd.DataFrame, task: str, role: str) -> pd.DataFrame:
+    return splits[(splits["task"] == task) & (splits["role"] == role)].reset_index(drop=True)
+
+
+def assert_disjoint(train_ids, test_ids, what: str) -> None:
+    """The code's guarantee: no galaxy is in both the training and the test set of an experiment.
+
+    A real check (raises SplitOverlapError), not an ``assert`` statement that ``python -O`` strips.
+    """
+    both = set(map(str, train_ids)) & set(map(str, test_ids))
+    if both:
+        raise SplitOverlapError(
+            f"{what}: {len(both)} galaxies are in both the training and the test set "
+            f"(e.g. {sorted(both)[:5]}); the split is wrong and no metric would be honest"
+        )
+
+
+def experiment_rows(
+    exp: Experiment, splits: pd.DataFrame, split_seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(own training rows, all training rows it descends from, test rows) of one experiment."""
+    src_train = rows_of(splits, exp.task, "source_train")
+    test = rows_of(splits, exp.task, "source_test" if exp.test_on == "source" else "target_test")
+    own = (
+        target_train(splits, exp.task, exp.n_train, exp.seed, split_seed)
+        if exp.trains
+        else src_train.iloc[:0]
+    )
+    lineage = [own]
+    if exp.init == "source":
+        lineage.append(src_train)
+    seen = pd.concat(lineage, ignore_index=True)
+    assert_disjoint(seen["id"], test["id"], f"experiment {exp.key}")
+    return own, seen, test
+
+
+# ---- the engine (imported lazily: torch is heavy, and tests swap in fakes) -------------------
+
+
+def _engine():
+    from morphtransfer import train
+
+    return train
+
+
+def _simulate(n: int, seed: int, out: Path, workers: int) -> None:
+    import inspect
+
+    try:
+        from morphtransfer.simulate import simulate
+    except ImportError:
+        from morphtransfer.simulate.pipeline import simulate
+
+    kwargs = {"workers": workers}
+    # the simulator's own gallery and GZ2 comparison are not part of the study's report
+    if "report" in inspect.signature(simulate).parameters:
+        kwargs["report"] = False
+    simulate(n, seed, out, **kwargs)
+
+
+def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str):
+    """A train.Recipe from the [recipe.source] / [recipe.target] section.
+
+    ``early_stopping_patience = 0`` turns early stopping off (TOML has no null).
+    ``min_steps`` (target only): small samples get more epochs so that every approach sees at
+    least that many optimiser steps; b, c and d of one n_train share the same budget.
+    """
+    train = _engine()
+    section = dict(cfg["recipe"].get(which, {}))
+    min_steps = int(section.pop("min_steps", 0))
+    val_fraction = float(section.get("val_fraction", 0.1))
+    batch = int(section.get("batch_size", 30))
+    if min_steps and n_train:
+        steps_per_epoch = max(1, math.ceil(n_train * (1 - val_fraction) / batch))
+        section["max_epochs"] = max(int(section.get("max_epochs", 50)), math.ceil(min_steps / steps_per_epoch))
+    section["seed"] = int(seed)
+    # TOML has no null: early_stopping_patience = 0 means no early stopping
+    if section.get("early_stopping_patience", 1) in (0, None):
+        section["early_stopping_patience"] = None
+    if "zoom_range" in section:
+        section["zoom_range"] = tuple(section["zoom_range"])
+    if get_task(task).balance_classes and "balance_classes" not in section:
+        section["balance_classes"] = True
+    return train.Recipe.from_dict(section)
+
+
+# ---- the runner ------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.parquet"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.parquet"
+
+    def source_model(self, task: str) -> Path:
+        return self.root / "models" / task / "source"
+
+    def model(self, exp: Experiment) -> Path:
+        if not exp.trains:
+            return self.source_model(exp.task)
+        return self.root / "models" / exp.task / exp.key.split("/", 1)[1]
+
+    def experiment(self, exp: Experiment) -> Path:
+        return self.root / "experiments" / exp.task / exp.key.split("/", 1)[1]
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    experiments: list[Experiment]
+    notes: list[str] = field(default_factory=list)
+    trained: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+
+
+def _finished(path: Path) -> bool:
+    return (path / "done.json").exists() and (path / "predictions.parquet").exists()
+
+
+def _model_done(path: Path) -> bool:
+    return (path / "card.json").exists() and (path / "weights.safetensors").exists()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
+    stored = {**cfg, "inputs": inputs}
+    text = _to_toml(stored)
+    if paths.config.exists():
+        old = tomllib.loads(paths.config.read_text())
+        new = tomllib.loads(text)
+        # the time estimate and description do not change results
+        for d in (old, new):
+            d.pop("estimate", None)
+            d.pop("description", None)
+        if old != new:
+            raise InputError(
+                f"{paths.root} holds a run with a different configuration ({paths.config}); "
+                "resume it with the same preset and inputs, or pass a new --out folder"
+            )
+    paths.root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(paths.config, text)
+
+
+def estimate_seconds(cfg: dict, experiments: list[Experiment], simulate_n: int = 0, n_test: dict | None = None) -> dict:
+    """Rough wall time of the study from the [estimate] speeds (printed at start)."""
+    est = cfg.get("estimate", {})
+    sim_rate = float(est.get("simulate_galaxies_per_s", 40.0))
+    train_rate = float(est.get("train_images_per_s", 200.0))
+    pred_rate = float(est.get("predict_images_per_s", 900.0))
+    tasks = sorted({e.task for e in experiments})
+    train_images = 0.0
+    for t in tasks:
+        r = cfg["recipe"].get("source", {})
+        train_images += _per_task(cfg["source"]["n_train"], t, "n_train") * int(r.get("max_epochs", 50))
+    for e in experiments:
+        if not e.trains:
+            continue
+        r = dict(cfg["recipe"].get("target", {}))
+        steps = max(1, math.ceil(e.n_train * 0.9 / int(r.get("batch_size", 30))))
+        epochs = max(int(r.get("max_epochs", 50)), math.ceil(int(r.get("min_steps", 0)) / steps))
+        # c back-propagates through the dense part only: about half the cost of b or d
+        train_images += e.n_train * epochs * (0.55 if e.trainable == "head" else 1.0)
+    pred_images = sum((n_test or {}).get(e.task, 1000) for e in experiments)
+    out = {
+        "simulate_s": simulate_n / sim_rate,
+        "train_s": train_images / train_rate,
+        "predict_s": pred_images / pred_rate,
+    }
+    out["total_s"] = sum(out.values()) + 20.0  # report and figures
+    return out
+
+
+def run_study(
+    preset: str = "quick",
+    out: str | os.PathLike = "runs/quick",
+    source: str | os.PathLike | None = None,
+    target: str | os.PathLike | None = None,
+    *,
+    config: dict | None = None,
+    progress: bool = True,
+    console=None,
+    report: bool = True,
+) -> StudyResult:
+    """Run (or resume) the whole study and write its report into ``out``.
+
+    Without ``source``/``target`` the built-in simulated SDSS/DES pair is simulated into
+    ``out/data`` first. With only ``source`` (e.g. the real SDSS Galaxy Zoo Store) only the (0)
+    rows are run, for the tasks whose votes the source has. ``config`` replaces the preset's
+    configuration (a dict shaped like the TOML presets; tests use it for tiny runs).
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    t_start = time.time()
+    cfg = config if config is not None else load_config(preset)
+    paths = StudyPaths(Path(out))
+    notes: list[str] = []
+
+    if target is not None and source is None:
+        raise InputError("--target needs --source: the study transfers a source model to a target survey")
+    simulated = source is None
+    sim_n = 0
+    if simulated:
+        sim = cfg.get("simulate", {})
+        sim_n = int(sim.get("n_galaxies", 6000))
+        data = paths.root / "data"
+        source, target = data / "sdss", data / "des"
+        inputs = {"simulated": True, "n_galaxies": sim_n, "seed": int(sim.get("seed", 0))}
+    else:
+        inputs = {"simulated": False, "source": str(Path(source).resolve()),
+                  "target": str(Path(target).resolve()) if target else ""}
+    _check_or_write_config(paths, cfg, inputs)
+
+    if simulated:
+        _ensure_simulated(paths.root / "data", cfg, console, sim_n)
+
+    from morphtransfer.data.store import Store
+
+    src_store = Store(source)
+    tgt_store = Store(target) if target is not None else None
+    if tgt_store is None:
+        notes.append(
+            "source Store only: the (0) rows (source model on source test set) are run; "
+            "a, b, c, d need a --target Store"
+        )
+
+    # tasks this data can answer
+    tasks: list[str] = []
+    src_cat = prepare_catalog(src_store.catalog)
+    tgt_cat = prepare_catalog(tgt_store.catalog) if tgt_store is not None else None
+    for t in cfg["study"]["tasks"]:
+        try:
+            lab_s = task_labels(src_cat, t, cfg["labels"])
+            lab_t = task_labels(tgt_cat, t, cfg["labels"]) if tgt_cat is not None else None
+        except InputError as exc:
+            notes.append(f"{t} skipped: {exc}")
+            continue
+        n_s = int((lab_s >= 0).sum())
+        pos_s = int((lab_s == 1).sum())
+        if n_s < 20 or pos_s < 3 or n_s - pos_s < 3:
+            notes.append(
+                f"{t} skipped: the source Store has {n_s} robust galaxies ({pos_s} positive) for "
+                f"{get_task(t).title}; it has no usable labels for this question"
+            )
+            continue
+        if lab_t is not None and int((lab_t >= 0).sum()) < 10:
+            notes.append(f"{t} skipped: the target Store has too few robust labels")
+            continue
+        tasks.append(t)
+    if not tasks:
+        raise InputError(
+            f"no task of {cfg['study']['tasks']} has robust labels in {src_store.path}; "
+            "the Store needs vote columns (<question>_<answer>_count/fraction); see tasks.py"
+        )
+
+    split_seed = int(cfg["study"].get("split_seed", 0))
+    splits = pd.concat(
+        [make_splits(src_cat, tgt_cat, t, cfg) for t in tasks], ignore_index=True
+    )
+    if paths.splits.exists():
+        old = pd.read_parquet(paths.splits)
+        if not old.reset_index(drop=True).equals(splits.reset_index(drop=True)):
+            raise InputError(
+                f"the Stores changed since {paths.splits} was written (different robust galaxies); "
+                "resume only over the same data, or pass a new --out folder"
+            )
+    else:
+        tmp = paths.splits.with_name("splits.parquet.tmp")
+        splits.to_parquet(tmp, index=False)
+        os.replace(tmp, paths.splits)
+
+    pool_sizes = {t: len(rows_of(splits, t, "target_pool")) for t in tasks} if tgt_store else None
+    experiments, plan_notes = plan_experiments(cfg, tasks, tgt_store is not None, pool_sizes)
+    notes += plan_notes
+    n_test = {
+        t: len(rows_of(splits, t, "target_test" if tgt_store else "source_test")) for t in tasks
+    }
+    est = estimate_seconds(cfg, experiments, 0, n_test)
+    n_train_jobs = len(tasks) + sum(e.trains for e in experiments)
+    console.print(
+        f"[bold]morphtransfer study[/] preset [cyan]{cfg.get('name')}[/] -> {paths.root}\n"
+        f"  source {src_store.path} ({len(src_store)} galaxies)"
+        + (f", target {tgt_store.path} ({len(tgt_store)} galaxies)" if tgt_store else "")
+        + f"\n  tasks {', '.join(tasks)}; {len(experiments)} experiments, {n_train_jobs} models to train"
+        f"\n  estimated time for training and testing: about {est['total_s'] / 60:.0f} min "
+        f"(at ~{cfg['estimate'].get('train_images_per_s', 200)} training images/s)",
+        highlight=False,
+    )
+    for t in tasks:
+        parts = []
+        for role in ROLES:
+            r = rows_of(splits, t, role)
+            if len(r):
+                parts.append(f"{role} {len(r)} ({int((r['label'] == 1).sum())} pos)")
+        console.print(f"  {t} robust galaxies: " + ", ".join(parts), highlight=False)
+
+    result = StudyResult(paths.root, experiments, notes)
+    engine = _engine()
+    job = 0
+    total_jobs = len(tasks) + len(experiments)
+    for t in tasks:
+        job += 1
+        _run_source_model(engine, t, cfg, splits, src_store, paths, console, job, total_jobs, result, progress, t_start, est)
+    for exp in experiments:
+        job += 1
+        _run_experiment(
+            engine, exp, cfg, splits, src_store, tgt_store, paths, console, job, total_jobs,
+            result, progress, split_seed, t_start,
+        )
+
+    preds = collect_predictions(paths, experiments)
+    tmp = paths.predictions.with_name("predictions.parquet.tmp")
+    preds.to_parquet(tmp, index=False)
+    os.replace(tmp, paths.predictions)
+    result.elapsed_s = time.time() - t_start
+    if report:
+        from morphtransfer.report import write_report
+
+        console.print("  writing the report (table 2, figures, report.html) ...")
+        write_report(
+            paths.root,
+            cfg=cfg,
+            source_store=src_store,
+            target_store=tgt_store,
+            notes=notes,
+            console=console,
+        )
+    console.print(
+        f"[bold green]done[/] in {result.elapsed_s / 60:.1f} min: {result.trained} models trained, "
+        f"{result.skipped} finished steps reused; open {paths.root / 'report.html'}",
+        highlight=False,
+    )
+    for n in notes:
+        console.print(f"  note: {n}", highlight=False)
+    return result
+
+
+def _ensure_simulated(data: Path, cfg: dict, console, n: int) -> None:
+    sim = cfg.get("simulate", {})
+    done = data / "simulated.json"
+    if done.exists() and json.loads(done.read_text()).get("n_galaxies") == n:
+        console.print(f"  simulated SDSS/DES pair found in {data} ({n} galaxies)", highlight=False)
+        return
+    rate = float(cfg.get("estimate", {}).get("simulate_galaxies_per_s", 40.0))
+    console.print(
+        f"  simulating {n} galaxies seen by SDSS and DES into {data} "
+        f"(about {n / rate / 60:.1f} min) ...",
+        highlight=False,
+    )
+    t0 = time.time()
+    _simulate(n, int(sim.get("seed", 0)), data, int(sim.get("workers", 2)))
+    data.mkdir(parents=True, exist_ok=True)
+    _write_atomic(done, json.dumps({"n_galaxies": n, "seed": int(sim.get("seed", 0)),
+                                    "elapsed_s": round(time.time() - t0, 1)}))
+
+
+def _labelled(store, rows: pd.DataFrame) -> pd.DataFrame:
+    """Store catalogue rows of the given ids (in that order) with their robust label."""
+    cat = store.catalog
+    idx = pd.Index(cat["id"].astype(str))
+    pos = idx.get_indexer(rows["id"].astype(str))
+    if (pos < 0).any():
+        missing = rows["id"].astype(str)[pos < 0].tolist()[:5]
+        raise InputError(f"galaxies {missing} of the split are not in Store {store.path}")
+    out = cat.iloc[pos].reset_index(drop=True).copy()
+    out["label"] = rows["label"].to_numpy().astype("int64")
+    return out
+
+
+def _eta(t_start: float, job: int, total: int) -> str:
+    return f"{(time.time() - t_start) / 60:.1f} min elapsed"
+
+
+def _run_source_model(engine, task, cfg, splits, store, paths, console, job, total, result, progress, t_start, est):
+    folder = paths.source_model(task)
+    if _model_done(folder):
+        result.skipped += 1
+        console.print(f"[{job}/{total}] {task} source model: done already ({folder})", highlight=False)
+        return
+    rows = _labelled(store, rows_of(splits, task, "source_train"))
+    test_ids = set(rows_of(splits, task, "source_test")["id"]) | set(rows_of(splits, task, "target_test")["id"])
+    assert_disjoint(rows["id"], test_ids, f"{task} source model")
+    console.print(
+        f"[{job}/{total}] {task} source model: training on {len(rows)} {store.survey or 'source'} "
+        f"galaxies ({int(rows['label'].sum())} positive) - {_eta(t_start, job, total)}",
+        highlight=False,
+    )
+    recipe = make_recipe(cfg, "source", len(rows), 0, task)
+    engine.train_model(
+        store, task, rows=rows, label_column="label", init=None, trainable="all", recipe=recipe,
+        out=folder, card_extra={"study": {"experiment": "source", "role": "source_train"}},
+        progress=progress,
+    )
+    result.trained += 1
+
+
+def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, console, job, total, result, progress, split_seed, t_start):
+    folder = paths.experiment(exp)
+    if _finished(folder):
+        result.skipped += 1
+        console.print(f"[{job}/{total}] {exp.key} ({exp.title}): done already", highlight=False)
+        return
+    own, seen, test = experiment_rows(exp, splits, split_seed)
+    test_store = src_store if exp.test_on == "source" else tgt_store
+    model = paths.model(exp)
+    t0 = time.time()
+    if exp.trains and not _model_done(model):
+        rows = _labelled(tgt_store, own)
+        console.print(
+            f"[{job}/{total}] {exp.key} ({exp.title}): training on {len(rows)} target galaxies "
+            f"({int(rows['label'].sum())} positive) - {_eta(t_start, job, total)}",
+            highlight=False,
+        )
+        init = paths.source_model(exp.task) if exp.init == "source" else (
+            None if exp.init == "scratch" else Path(exp.init)
+        )
+        recipe = make_recipe(cfg, "target", len(rows), exp.seed, exp.task)
+        engine.train_model(
+            tgt_store, exp.task, rows=rows, label_column="label", init=init,
+            trainable=exp.trainable, recipe=recipe, out=model,
+            card_extra={"study": {**asdict(exp), "key": exp.key}}, progress=progress,
+        )
+        result.trained += 1
+    else:
+        console.print(
+            f"[{job}/{total}] {exp.key} ({exp.title}): testing on {len(test)} galaxies",
+            highlight=False,
+        )
+    test_rows = _labelled(test_store, test)
+    p = np.asarray(engine.predict_store(model, test_store, rows=test_rows), dtype="float64")
+    if p.shape != (len(test_rows),):
+        raise RuntimeError(f"predict_store returned {p.shape} for {len(test_rows)} test galaxies")
+    task = get_task(exp.task)
+    truth = (
+        test_rows[task.truth_column].astype("float64").to_numpy()
+        if task.truth_column in test_rows.columns
+        else np.full(len(test_rows), np.nan)
+    )
+    preds = pd.DataFrame(
+        {
+            "id": test_rows["id"].astype("string"),
+            "task": exp.task,
+            "experiment": exp.name,
+            "seed": np.int64(exp.seed),
+            "n_train": np.int64(exp.n_train if exp.trains else len(rows_of(splits, exp.task, "source_train"))),
+            "n_train_target": np.int64(exp.n_train),
+            "split": "test",
+            "survey": test_store.survey or exp.test_on,
+            "label": test_rows["label"].astype("int64").to_numpy(),
+            "p": p,
+            "truth": truth,
+        }
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "predictions.parquet.tmp"
+    preds.to_parquet(tmp, index=False)
+    os.replace(tmp, folder / "predictions.parquet")
+    _write_atomic(
+        folder / "done.json",
+        json.dumps({**asdict(exp), "key": exp.key, "model": str(model), "n_test": len(preds),
+                    "elapsed_s": round(time.time() - t0, 2)}, indent=2),
+    )
+
+
+def collect_predictions(paths: StudyPaths, experiments: list[Experiment]) -> pd.DataFrame:
+    frames = []
+    for exp in experiments:
+        f = paths.experiment(exp) / "predictions.parquet"
+        if f.exists():
+            frames.append(pd.read_parquet(f))
+    if not frames:
+        return pd.DataFrame(columns=["id", "task", "experiment", "seed", "n_train", "split", "label", "p"])
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,130 @@
+"""The report: numbers from predictions.parquet, Table 2's structure, figures with their CSVs,
+and a small end-to-end study with the real training engine (few galaxies, one epoch)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from study_helpers import make_pair, tiny_config
+
+from morphtransfer import metrics, study
+from morphtransfer.report import write_report
+from morphtransfer.report.tables import aggregate, compute_metrics, label_budget, n_to_reach_level, table2
+
+
+def _synthetic_predictions() -> pd.DataFrame:
+    """Known answers: 8 test galaxies (4 positive); seed 0 perfect, seed 1 reversed."""
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    good = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+    rows = []
+
+    def add(task, exp, n_target, seed, p, n_train):
+        rows.append(pd.DataFrame({"id": [f"g{i}" for i in range(8)], "task": task, "experiment": exp,
+                                  "seed": seed, "n_train": n_train, "n_train_target": n_target,
+                                  "split": "test", "label": y, "p": p, "truth": y.astype(float)}))
+
+    add("Q1", "0", 0, 0, good, 1000)
+    add("Q1", "a", 0, 0, np.where(y == 1, 0.45, 0.3), 1000)  # ranks right, all below P_th
+    for n, p1 in ((50, 1 - good), (100, good)):
+        for exp in ("b", "c", "d"):
+            add("Q1", exp, n, 0, good, n)
+            add("Q1", exp, n, 1, p1, n)
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_table_numbers_from_known_predictions():
+    preds = _synthetic_predictions()
+    per_seed = compute_metrics(preds, p_threshold=0.5, n_boot=20)
+    agg = aggregate(per_seed)
+    a = agg[agg["experiment"] == "a"].iloc[0]
+    assert a["auc"] == 1.0 and a["tpr"] == 0.0 and a["accuracy"] == 0.5 and math.isnan(a["precision"])
+    b50 = agg[(agg["experiment"] == "b") & (agg["n_train_target"] == 50)].iloc[0]
+    # seed 0 perfect (AUC 1), seed 1 reversed (AUC 0): mean 0.5, sample std 1/sqrt(2)
+    assert b50["auc"] == 0.5 and b50["auc_std"] == pytest.approx(2**-0.5)
+    assert b50["accuracy"] == 0.5 and b50["n_seeds"] == 2
+    b100 = agg[(agg["experiment"] == "b") & (agg["n_train_target"] == 100)].iloc[0]
+    assert b100["auc"] == 1.0 and b100["auc_std"] == 0.0
+    assert b100["truth_volunteer_accuracy"] == 1.0
+    t2 = table2(agg, {"Q1": 100})
+    assert list(t2["experiment"]) == ["0", "a", "b", "c", "d"]
+    assert list(t2.columns[:6]) == ["question", "experiment", "description", "n_train", "n_test", "n_pos"]
+    assert {"tpr", "precision", "accuracy", "auc", "tpr_std", "auc_lo", "auc_hi"} <= set(t2.columns)
+    reach = n_to_reach_level(label_budget(agg))
+    assert reach == {"Q1": {"b": 100, "c": 100, "d": 100}}
+
+
+def test_report_files_from_synthetic_predictions(tmp_path):
+    preds = _synthetic_predictions()
+    preds.to_parquet(tmp_path / "predictions.parquet", index=False)
+    cfg = tiny_config()
+    cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
+    written = write_report(tmp_path, cfg=cfg)
+    md = (tmp_path / "table2.md").read_text()
+    assert md.count("| Q1 |") == 5 + 5  # Table 2 rows and the truth table rows
+    roc = pd.read_csv(tmp_path / "figures" / "roc.csv")
+    # the (0) curve of 8 distinct scores: 9 points from (0,0) to (1,1)
+    r0 = roc[roc["experiment"] == "0"]
+    assert len(r0) == 9 and r0["tpr"].iloc[4] == 1.0 and r0["fpr"].iloc[4] == 0.0
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["n_train_to_reach_level_0"]["by_task"]["Q1"]["d"] == 100
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2  # roc and label budget (no Stores given)
+    assert 'src="figures' not in html
+    assert (tmp_path / "figures" / "label_budget.csv").exists()
+    assert "figures/roc.png" in written
+
+
+@pytest.mark.slow
+def test_end_to_end_study_with_the_real_engine(tmp_path):
+    """Few galaxies, one epoch, one seed: every file, Table 2's shape, metrics from predictions."""
+    src, tgt = make_pair(tmp_path / "data", n=360)
+    cfg = tiny_config()
+    cfg["study"]["seeds"] = [0]
+    cfg["sweep"] = {"n_train": [16], "seeds": [0]}
+    out = tmp_path / "run"
+    res = study.run_study(out=out, source=src, target=tgt, config=cfg, progress=False)
+    for name in ("config.toml", "splits.parquet", "predictions.parquet", "metrics.json", "table2.md",
+                 "table2.csv", "table2.tex", "report.html", "figures/roc.png", "figures/roc.csv",
+                 "figures/label_budget.png", "figures/label_budget.csv", "figures/examples.png",
+                 "figures/examples.csv", "figures/false_positives_q3.csv"):
+        assert (out / name).exists(), name
+    for task in ("Q1", "Q2", "Q3"):
+        card = json.loads((out / "models" / task / "source" / "card.json").read_text())
+        assert card["task"] == task and card["survey"] == "sdss"
+        card = json.loads((out / "models" / task / "c_n16_s0" / "card.json").read_text())
+        assert card["survey"] == "des" and card["study"]["trainable"] == "head"
+        assert card["n_train"] == 16
+    t2 = pd.read_csv(out / "table2.csv", dtype={"experiment": str})
+    assert list(t2["question"]) == ["Q1"] * 5 + ["Q2"] * 5 + ["Q3"] * 5
+    assert list(t2["experiment"]) == ["0", "a", "b", "c", "d"] * 3
+    assert list(t2[t2["experiment"] == "b"]["n_train"]) == [40, 30, 20]
+    # every number of metrics.json is recomputed exactly from predictions.parquet
+    preds = pd.read_parquet(out / "predictions.parquet")
+    doc = json.loads((out / "metrics.json").read_text())
+    assert len(doc["per_seed"]) == len(res.experiments)
+    for row in doc["per_seed"]:
+        g = preds[(preds["task"] == row["task"]) & (preds["experiment"] == row["experiment"])
+                  & (preds["n_train_target"] == row["n_train_target"]) & (preds["seed"] == row["seed"])]
+        ref = metrics.evaluate_predictions(g["label"].to_numpy(), g["p"].to_numpy(), p_threshold=0.5,
+                                           n_boot=cfg["study"]["n_boot"], seed=0)
+        for k in ("tpr", "precision", "accuracy", "auc", "auc_lo", "auc_hi", "tp", "fp", "tn", "fn"):
+            want = ref[k]
+            assert (row[k] is None and not np.isfinite(want)) or row[k] == want, (row["task"], k)
+        assert row["n_test"] == len(g) and row["n_pos"] == int(g["label"].sum())
+    # Table 2 of a single seed is the per-seed row itself
+    q1b = t2[(t2["question"] == "Q1") & (t2["experiment"] == "b")].iloc[0]
+    ps = next(r for r in doc["per_seed"] if r["task"] == "Q1" and r["experiment"] == "b" and r["n_train_target"] == 40)
+    assert q1b["auc"] == ps["auc"]
+    # no test galaxy was ever trained on: the (d) model's training ids vs its test ids
+    ids_d = set(pd.read_csv(out / "models" / "Q1" / "d_n40_s0" / "training_ids.csv", dtype={"id": str})["id"])
+    ids_test = set(preds[(preds["task"] == "Q1") & (preds["experiment"] == "d")]["id"])
+    assert ids_d and not ids_d & ids_test
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "[study]" in html
+    # resume: a second call trains nothing
+    res2 = study.run_study(out=out, source=src, target=tgt, config=cfg, progress=False, report=False)
+    assert res2.trained == 0 and res2.skipped == 3 + len(res.experiments)

@@ -1,0 +1,195 @@
+"""The simulator's physics: pixels, PSF, flux, orientation, noise and visibility per survey."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from scipy import special
+
+from morphtransfer.errors import InputError
+from morphtransfer.simulate.population import Galaxy, draw_galaxy, galaxy_rng
+from morphtransfer.simulate.render import (
+    FWHM_TO_SIGMA,
+    measure_shape,
+    observe,
+    render_point_source,
+    resample_area,
+)
+from morphtransfer.simulate.volunteers import VolunteerModel, draw_votes, vote_probabilities
+from morphtransfer.surveys import get_survey, mag_to_flux
+
+
+def _moments(img):
+    n = img.shape[0]
+    y, x = np.mgrid[0:n, 0:n] - n // 2
+    f = img.sum()
+    cx, cy = (img * x).sum() / f, (img * y).sum() / f
+    var_x = (img * (x - cx) ** 2).sum() / f
+    return cx, cy, var_x
+
+
+def _first(pred, start=0):
+    for i in range(start, start + 500):
+        g = draw_galaxy(0, i)
+        if pred(g):
+            return g
+    raise AssertionError("no galaxy of the kind in the first 500")
+
+
+@pytest.mark.parametrize("name", ["sdss", "des"])
+def test_point_source_pixel_scale_and_psf_fwhm_match_survey_table(name):
+    sv = get_survey(name)
+    stamps, geom = render_point_source(sv, flux=1000.0, n_pix=61, offset_arcsec=(2.0, -1.0))
+    assert geom.pixel_scale_arcsec == sv.pixel_scale_arcsec
+    for j, band in enumerate(sv.bands):
+        img = stamps[j]
+        assert img.sum() == pytest.approx(1000.0, rel=1e-3)  # flux conserved
+        cx, cy, var_x = _moments(img)
+        # a 2" shift is 2 / pixel_scale pixels: 5.05 px in SDSS, 7.60 px in DES
+        assert cx == pytest.approx(2.0 / sv.pixel_scale_arcsec, abs=0.02)
+        assert cy == pytest.approx(-1.0 / sv.pixel_scale_arcsec, abs=0.02)
+        # Gaussian PSF convolved with a box pixel: variance sigma^2 + pixel^2 / 12 (in pixels)
+        sigma_px = math.sqrt(var_x - 1.0 / 12.0)
+        fwhm = sigma_px * sv.pixel_scale_arcsec / FWHM_TO_SIGMA
+        assert fwhm == pytest.approx(band.fwhm_arcsec, rel=0.02), band.name
+
+
+def test_sky_noise_per_pixel_matches_the_depth_noise_model():
+    sv = get_survey("sdss")
+    rng = np.random.default_rng(3)
+    stamps, _ = render_point_source(sv, flux=1e-6, n_pix=101, rng=rng)
+    for j, b in enumerate(sv.band_names):
+        assert stamps[j].std() == pytest.approx(sv.sky_noise_per_pixel(b), rel=0.05)
+
+
+def test_total_flux_matches_the_magnitude_within_noise():
+    g = _first(lambda g: not g.disk)
+    sv = get_survey("des")
+    obs = observe(g, sv, galaxy_rng(0, g.index, 2), keep_stamps=True)
+    r = sv.band_names.index("r")
+    total = float(obs.stamps[r].sum())
+    var = (obs.geometry.binning * sv.sky_noise_per_pixel("r")) ** 2 * obs.stamps[r].size
+    var += g.flux_r / sv.electrons_per_nanomaggy("r")
+    # the 10 x R90 square holds at least the light within a circle of radius 5 R90 (Sersic
+    # enclosed-light curve), and never more than the total
+    b = special.gammaincinv(2 * g.sersic_n, 0.5)
+    x = b * (5 * g.r90_arcsec / g.sersic_hlr_arcsec) ** (1 / g.sersic_n)
+    inside = special.gammainc(2 * g.sersic_n, x)
+    assert inside * g.flux_r * 0.995 < float(obs.models[r].sum()) < g.flux_r * 1.001
+    assert abs(total - float(obs.models[r].sum())) < 5 * math.sqrt(var)
+    # the Petrosian-like selection magnitude holds most, not all, of the light
+    assert mag_to_flux(g.mag_r) <= g.flux_r * 1.0001
+    assert mag_to_flux(g.mag_r) > 0.75 * g.flux_r
+
+
+def _edge_on(pa):
+    g = _first(lambda g: g.disk and not g.bar)
+    return dataclasses.replace(
+        g, inclination_deg=88.0, position_angle_deg=pa, bulge_to_total=0.05,
+        knot_xy=np.zeros((0, 2)), knot_weights=np.zeros(0), arm_strength=0.0,
+        clump_fraction=0.0, r90_arcsec=max(g.r90_arcsec, 6.0), disk_hlr_arcsec=max(g.disk_hlr_arcsec, 3.0),
+    )
+
+
+@pytest.mark.parametrize("pa", [30.0, 120.0])
+def test_edge_on_disk_is_elongated_along_its_position_angle(pa):
+    g = _edge_on(pa)
+    obs = observe(g, "des", np.random.default_rng(0), keep_stamps=True)
+    q, angle = measure_shape(obs.models[1], threshold=0.0)
+    assert q < 0.4
+    assert abs(((angle - pa) + 90) % 180 - 90) < 2.0
+    # and the survey's measure of thinness sees it as thin
+    assert obs.visibility["vis_axis_ratio"] < 0.35
+
+
+def test_des_image_has_higher_signal_to_noise_than_sdss():
+    g = _first(lambda g: g.disk and g.mag_r > 17.0)
+    snr = {}
+    for name in ("sdss", "des"):
+        obs = observe(g, name, np.random.default_rng(1), keep_stamps=True)
+        img = obs.stamps[1]
+        n = img.shape[0]
+        y, x = np.mgrid[0:n, 0:n] - n // 2
+        rr = np.hypot(x, y) * obs.geometry.pixel_scale_arcsec
+        aperture = rr < g.r90_arcsec
+        sky = rr > 3 * g.r90_arcsec  # pure-sky annulus near the cutout edge
+        measured = img[aperture].sum() / (img[sky].std() * math.sqrt(aperture.sum()))
+        snr[name] = measured
+        assert obs.snr_r > 0
+    # DES Y1 is ~1.2 mag deeper in r at 10 sigma vs 5 sigma: several times the S/N
+    assert snr["des"] > 2.0 * snr["sdss"]
+
+
+def test_faint_features_are_more_visible_in_des_than_in_sdss():
+    gals = [draw_galaxy(0, i) for i in range(160)]
+    barred = [g for g in gals if g.bar and g.inclination_deg < 70][:12]
+    armed = [g for g in gals if g.arm_strength > 0 and g.inclination_deg < 70][:12]
+    thin = [g for g in gals if g.true_edge_on][:10]
+    assert len(barred) >= 6 and len(armed) >= 6 and len(thin) >= 5
+
+    def vis(g, name, key):
+        return observe(g, name, galaxy_rng(0, g.index, 7)).visibility[key]
+
+    bar_ratio = [vis(g, "des", "vis_bar") / vis(g, "sdss", "vis_bar") for g in barred]
+    arm_ratio = [vis(g, "des", "vis_arms") / vis(g, "sdss", "vis_arms") for g in armed]
+    q_diff = [vis(g, "sdss", "vis_axis_ratio") - vis(g, "des", "vis_axis_ratio") for g in thin]
+    assert np.median(bar_ratio) > 1.2 and np.mean(np.array(bar_ratio) > 1) >= 0.8
+    assert np.median(arm_ratio) > 1.5 and np.mean(np.array(arm_ratio) > 1) >= 0.8
+    assert np.median(q_diff) > 0.01  # thin disks look thinner in DES (seeing, depth)
+
+
+def test_model_input_shape_range_and_area_resampling():
+    g = draw_galaxy(0, 5)
+    obs = observe(g, "sdss", np.random.default_rng(0))
+    assert obs.images.shape == (3, 69, 69) and obs.images.dtype == np.float32
+    assert np.allclose(obs.images.max(axis=(1, 2)), 1.0)
+    # area averaging preserves the mean (flux per unit area) for any input size
+    x = np.random.default_rng(0).random((3, 131, 131))
+    assert resample_area(x).mean() == pytest.approx(x.mean(), rel=1e-9)
+    assert resample_area(np.ones((40, 40))).shape == (69, 69)
+    # a 138-pixel image whose 2x2 blocks are constant is reproduced exactly
+    small = np.random.default_rng(1).random((69, 69))
+    assert np.allclose(resample_area(np.kron(small, np.ones((2, 2)))), small)
+
+
+def test_bad_parameters_raise_input_error():
+    g = draw_galaxy(0, 0)
+    with pytest.raises(InputError, match="Sersic index"):
+        observe(dataclasses.replace(g, sersic_n=-1.0), "sdss", np.random.default_rng(0))
+    with pytest.raises(InputError, match="sim-000000000"):
+        observe(dataclasses.replace(g, sersic_hlr_arcsec=0.0), "des", np.random.default_rng(0))
+    with pytest.raises(InputError, match="unknown survey"):
+        observe(g, "hubble", np.random.default_rng(0))
+    with pytest.raises(InputError):
+        render_point_source("sdss", flux=-1.0)
+    with pytest.raises(InputError):
+        vote_probabilities(-1.0, 0.0, 0.5, VolunteerModel())
+
+
+def test_votes_follow_the_decision_tree():
+    m = VolunteerModel()
+    rng = np.random.default_rng(0)
+    p = vote_probabilities(np.full(200, 20.0), np.full(200, 20.0), np.full(200, 0.8), m, rng)
+    c = draw_votes(p, np.full(200, 40), m, rng)
+    total = c["smooth_or_featured_smooth_count"] + c["smooth_or_featured_featured_or_disk_count"]
+    total += c["smooth_or_featured_artifact_count"]
+    assert (total == 40).all()
+    edge = c["disk_edge_on_yes_count"] + c["disk_edge_on_no_count"]
+    assert (edge == c["smooth_or_featured_featured_or_disk_count"]).all()
+    assert (c["bar_yes_count"] + c["bar_no_count"] == c["disk_edge_on_no_count"]).all()
+    # strongly visible arms and bar on a round galaxy: featured, not edge-on, barred
+    assert c["smooth_or_featured_featured_or_disk_count"].mean() > 30
+    assert c["bar_yes_count"].sum() > 0.8 * c["disk_edge_on_no_count"].sum()
+    # invisible features on a round galaxy: mostly smooth
+    p0 = vote_probabilities(np.zeros(200), np.zeros(200), np.full(200, 0.9), m, rng)
+    c0 = draw_votes(p0, np.full(200, 40), m, rng)
+    assert c0["smooth_or_featured_smooth_count"].mean() > 30
+
+
+def test_galaxy_validate_names_the_galaxy():
+    g = Galaxy(index=1, id="sim-x", ra=0, dec=0, redshift=0.1, mag_r=17.0, flux_r=100.0,
+               r90_arcsec=5, r50_arcsec=2, disk=False, position_angle_deg=0, sersic_n=7.0,
+               sersic_hlr_arcsec=2.0, sersic_q=1.2)
+    with pytest.raises(InputError, match=r"sim-x.*Sersic index n=7.0.*axis ratio 1.2"):
+        g.validate()

@@ -1,0 +1,190 @@
+"""The study's bookkeeping: experiment list, splits (no galaxy in train and test), resume, config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from study_helpers import make_pair, tiny_config
+
+from morphtransfer import study
+from morphtransfer.data.store import Store
+from morphtransfer.errors import InputError
+
+
+class FakeEngine:
+    """Stands in for morphtransfer.train: counts calls, writes a model card, predicts from labels."""
+
+    class Recipe(dict):
+        @classmethod
+        def from_dict(cls, d):
+            return cls(d)
+
+    def __init__(self):
+        self.trained: list[dict] = []
+        self.predicted = 0
+
+    def train_model(self, store, task, *, rows, label_column, init, trainable, recipe, out, card_extra, progress):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "weights.safetensors").write_bytes(b"x")
+        (out / "card.json").write_text(json.dumps({"task": task, "n_train": len(rows), **card_extra}))
+        self.trained.append({"task": task, "init": init, "trainable": trainable, "ids": list(rows["id"]),
+                             "recipe": dict(recipe), "out": str(out)})
+        return out
+
+    def predict_store(self, model, store, rows):
+        self.predicted += 1
+        rng = np.random.default_rng(len(rows))
+        # informative but imperfect scores: label plus noise
+        return np.clip(0.5 * rows["label"].to_numpy() + 0.6 * rng.random(len(rows)), 0, 1)
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    return make_pair(tmp_path / "data", n=400)
+
+
+def test_presets_load_and_plan_the_study():
+    quick = study.load_config("quick")
+    paper = study.load_config("paper")
+    assert paper["source"]["n_train"] == {"Q1": 5000, "Q2": 5000, "Q3": 10000}
+    assert paper["target"]["n_train"] == {"Q1": 500, "Q2": 500, "Q3": 300}
+    assert paper["sweep"]["n_train"] == [50, 100, 200, 300, 500, 1000]
+    exps, notes = study.plan_experiments(paper, ["Q1", "Q2", "Q3"])
+    per_task = {t: [e for e in exps if e.task == t] for t in ("Q1", "Q2", "Q3")}
+    # 0 and a once; b, c, d x 3 seeds x (6 sweep points; the main n is one of them)
+    assert len(per_task["Q1"]) == 2 + 3 * 3 * 6
+    assert len(per_task["Q3"]) == 2 + 3 * 3 * 6
+    assert len({e.key for e in exps}) == len(exps)
+    b = [e for e in exps if e.name == "b"][0]
+    assert (b.init, b.trainable, b.test_on) == ("source", "all", "target")
+    c = study.make_experiment("Q3", "c", 300, 1)
+    assert (c.init, c.trainable, c.key) == ("source", "head", "Q3/c_n300_s1")
+    assert study.make_experiment("Q1", "d", 50, 0).init == "scratch"
+    assert study.make_experiment("Q1", "0").test_on == "source"
+    # a pool smaller than the main n caps it, and says so
+    exps, notes = study.plan_experiments(paper, ["Q3"], pool_sizes={"Q3": 250})
+    assert {e.n_train for e in exps if e.name == "b"} == {50, 100, 200, 250}
+    assert any("n_train=250" in n for n in notes)
+    # a source Store alone: only the (0) rows
+    exps, _ = study.plan_experiments(quick, ["Q1", "Q2"], with_target=False)
+    assert [e.key for e in exps] == ["Q1/0", "Q2/0"]
+    with pytest.raises(InputError, match="unknown preset"):
+        study.load_config("huge")
+
+
+def test_splits_never_put_a_test_galaxy_in_training(pair):
+    src, tgt = Store(pair[0]), Store(pair[1])
+    cfg = tiny_config()
+    for task in ("Q1", "Q2", "Q3"):
+        sp = study.make_splits(src.catalog, tgt.catalog, task, cfg)
+        roles = {r: set(sp[sp["role"] == r]["id"]) for r in study.ROLES}
+        assert not roles["target_test"] & roles["target_pool"]
+        assert not roles["source_train"] & (roles["source_test"] | roles["target_test"])
+        assert len(roles["source_train"]) <= cfg["source"]["n_train"][task]
+        # labels are each survey's own robust labels
+        lab_t = study.task_labels(study.prepare_catalog(tgt.catalog), task, cfg["labels"])
+        t = sp[sp["survey"] == "target"]
+        ref = dict(zip(tgt.catalog["id"], lab_t))
+        assert (t["label"].to_numpy() == np.array([ref[i] for i in t["id"]])).all()
+        assert (t["label"] >= 0).all()
+        for e in study.plan_experiments(cfg, [task], pool_sizes={task: len(roles["target_pool"])})[0]:
+            own, seen, test = study.experiment_rows(e, sp, cfg["study"]["split_seed"])
+            assert len(own) == e.n_train
+            assert not set(seen["id"]) & set(test["id"])
+    # nested samples per seed, different samples across seeds
+    sp = study.make_splits(src.catalog, tgt.catalog, "Q1", cfg)
+    s10 = set(study.target_train(sp, "Q1", 10, 0, 7)["id"])
+    s20 = set(study.target_train(sp, "Q1", 20, 0, 7)["id"])
+    assert s10 < s20
+    assert set(study.target_train(sp, "Q1", 20, 1, 7)["id"]) != s20
+
+
+def test_overlap_assertion_fires(pair):
+    src, tgt = Store(pair[0]), Store(pair[1])
+    cfg = tiny_config()
+    sp = study.make_splits(src.catalog, tgt.catalog, "Q1", cfg)
+    # corrupt the split: one test galaxy slips into the source training set
+    leak = sp[sp["role"] == "target_test"].iloc[[0]].assign(role="source_train")
+    bad = pd.concat([sp, leak], ignore_index=True)
+    with pytest.raises(study.SplitOverlapError, match="both the training and the test set"):
+        study.experiment_rows(study.make_experiment("Q1", "b", 10, 0), bad, 7)
+    with pytest.raises(study.SplitOverlapError):
+        study.experiment_rows(study.make_experiment("Q1", "a"), bad, 7)
+    # (d) never saw the source training set, so the same corruption does not concern it
+    study.experiment_rows(study.make_experiment("Q1", "d", 10, 0), bad, 7)
+    with pytest.raises(AssertionError):
+        study.assert_disjoint(["x", "y"], ["y"], "test")
+
+
+def test_run_resumes_without_redoing_finished_experiments(pair, tmp_path, monkeypatch):
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    cfg = tiny_config()
+    out = tmp_path / "run"
+    res = study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
+    exps = res.experiments
+    n_target_models = sum(e.trains for e in exps)
+    assert len(eng.trained) == 3 + n_target_models
+    assert eng.predicted == len(exps)
+    # (c) trains the head from the source model; (d) starts from scratch
+    c = [t for t in eng.trained if t["trainable"] == "head"]
+    assert c and all(Path(t["init"]).name == "source" for t in c)
+    assert all(t["init"] is None for t in eng.trained if "/d_" in t["out"] or "source" in t["out"])
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert set(preds.columns) >= {"id", "task", "experiment", "seed", "n_train", "split", "label", "p"}
+    assert len(preds.groupby(["task", "experiment", "n_train_target", "seed"])) == len(exps)
+
+    # interrupted run: one experiment's results and one model lost -> only those are redone
+    victim = next(e for e in exps if e.name == "b")
+    (study.StudyPaths(out).experiment(victim) / "done.json").unlink()
+    other = next(e for e in exps if e.name == "d" and e.key != victim.key)
+    import shutil
+
+    shutil.rmtree(study.StudyPaths(out).experiment(other))
+    shutil.rmtree(study.StudyPaths(out).model(other))
+    eng2 = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng2)
+    res2 = study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
+    assert [Path(t["out"]).name for t in eng2.trained] == [other.key.split("/")[1]]
+    assert eng2.predicted == 2  # the victim's model existed: predicted again, not retrained
+    assert res2.skipped == 3 + len(exps) - 2
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "predictions.parquet").sort_values(["task", "experiment", "n_train_target", "seed", "id"]).reset_index(drop=True),
+        preds.sort_values(["task", "experiment", "n_train_target", "seed", "id"]).reset_index(drop=True),
+    )
+    # a different configuration in the same folder is refused
+    cfg2 = tiny_config(sweep={"n_train": [10], "seeds": [0]})
+    with pytest.raises(InputError, match="different configuration"):
+        study.run_study(out=out, source=pair[0], target=pair[1], config=cfg2, progress=False, report=False)
+
+
+def test_source_only_runs_only_the_zero_rows(pair, tmp_path, monkeypatch):
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    res = study.run_study(out=tmp_path / "r", source=pair[0], config=tiny_config(), progress=False, report=False)
+    assert [e.key for e in res.experiments] == ["Q1/0", "Q2/0", "Q3/0"]
+    assert len(eng.trained) == 3
+    assert any("source Store only" in n for n in res.notes)
+
+
+def test_small_samples_get_at_least_min_steps(monkeypatch):
+    monkeypatch.setattr(study, "_engine", lambda: FakeEngine())
+    cfg = tiny_config()
+    cfg["recipe"]["target"] = {"max_epochs": 8, "min_steps": 60, "batch_size": 30}
+    # 50 galaxies, 45 after validation: 2 steps per epoch -> 30 epochs; 300 -> 9 steps -> 8 epochs
+    assert study.make_recipe(cfg, "target", 50, 0, "Q1")["max_epochs"] == 30
+    assert study.make_recipe(cfg, "target", 300, 0, "Q1")["max_epochs"] == 8
+    assert study.make_recipe(cfg, "target", 300, 0, "Q3")["balance_classes"] is True
+    assert study.make_recipe(cfg, "target", 300, 3, "Q1")["seed"] == 3
+
+
+def test_config_round_trips_through_toml():
+    import tomllib
+
+    cfg = study.load_config("quick")
+    assert tomllib.loads(study._to_toml(cfg)) == cfg

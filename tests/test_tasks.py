@@ -1,0 +1,102 @@
+"""Task table and robust labels: hand-made vote rows and the real GZ2 Stripe 82 table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from morphtransfer.errors import InputError
+from morphtransfer.tasks import (
+    TASKS,
+    add_fractions,
+    agreement,
+    get_task,
+    robust_labels,
+    robust_summary,
+)
+
+
+def _rows(smooth, featured, artifact=None):
+    df = pd.DataFrame({
+        "smooth_or_featured_smooth_count": smooth,
+        "smooth_or_featured_featured_or_disk_count": featured,
+    })
+    if artifact is not None:
+        df["smooth_or_featured_artifact_count"] = artifact
+    return add_fractions(df)
+
+
+def test_task_table_rows():
+    assert list(TASKS) == ["Q1", "Q2", "Q3"]
+    q3 = get_task("q3")
+    assert q3.question == "bar" and q3.positive == "yes"
+    assert q3.prerequisites == (("smooth_or_featured", "featured_or_disk"), ("disk_edge_on", "no"))
+    assert get_task("Q1").positive_fraction_column == "smooth_or_featured_featured_or_disk_fraction"
+    with pytest.raises(InputError, match="Q4"):
+        get_task("Q4")
+
+
+def test_fraction_rule_hand_rows():
+    df = _rows(smooth=[2, 8, 3, 0, 0, 3, 0], featured=[8, 2, 7, 4, 5, 7, 0])
+    # 8/10 -> 1; 2/10 -> 0; 7/10 = 0.7 is not > 0.7 -> -1; 4 votes < 5 -> -1; 5/5 -> 1;
+    # 7/10 again -1; no votes -> -1
+    assert robust_labels(df, "Q1").tolist() == [1, 0, -1, -1, 1, -1, -1]
+    assert robust_labels(df, "Q1", p_threshold=0.6).tolist() == [1, 0, 1, -1, 1, 1, -1]
+    assert robust_labels(df, "Q1", min_votes=4).tolist()[3] == 1
+
+
+def test_artifact_votes_dilute_fractions():
+    df = _rows(smooth=[1], featured=[7], artifact=[2])  # 7/10 featured, not > 0.7
+    assert df["smooth_or_featured_total_votes"].tolist() == [10]
+    assert robust_labels(df, "Q1").tolist() == [-1]
+
+
+def test_agreement_values():
+    a = agreement(np.array([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1]]))
+    h = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    np.testing.assert_allclose(a, [1.0, 0.0, 1 - h / np.log(2)])
+    assert agreement(np.array([[1 / 3, 1 / 3, 1 / 3]]))[0] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(agreement(np.array([[np.nan, 0.5]]))[0])
+
+
+def test_agreement_rule_hand_rows():
+    # 9/1 (a=0.53), 6/4 (a=0.03), 1/9 (a=0.53), 2/2 too few votes
+    df = _rows(smooth=[1, 4, 9, 2], featured=[9, 6, 1, 2], artifact=[0, 0, 0, 0])
+    lab = robust_labels(df, "Q1", rule="agreement", min_agreement=0.5)
+    assert lab.tolist() == [1, -1, 0, -1]
+    assert robust_labels(df, "Q1", rule="agreement", min_agreement=0.01).tolist() == [1, 1, 0, -1]
+    with pytest.raises(InputError, match="rule"):
+        robust_labels(df, "Q1", rule="majority")
+
+
+def test_missing_columns_are_an_input_error():
+    with pytest.raises(InputError, match="disk_edge_on"):
+        robust_labels(_rows([1], [9]), "Q2")
+
+
+def test_robust_summary_on_real_stripe82(shared_data):
+    from morphtransfer.data.catalogs import load_catalog
+
+    path = shared_data / "gz2_stripe82" / "table5.csv.gz"
+    cat = load_catalog(path, "gz2")
+    raw = pd.read_csv(path)
+    # the same rule computed straight from the published columns
+    t01 = ["t01_smooth_or_features_a01_smooth_count",
+           "t01_smooth_or_features_a02_features_or_disk_count",
+           "t01_smooth_or_features_a03_star_or_artifact_count"]
+    n = raw[t01].sum(axis=1)
+    f_feat = raw[t01[1]] / n.where(n > 0, 1)
+    f_smooth = raw[t01[0]] / n.where(n > 0, 1)
+    exp_pos = int(((n >= 5) & (f_feat > 0.7)).sum())
+    exp_neg = int(((n >= 5) & (f_smooth > 0.7)).sum())
+    s = robust_summary(cat).set_index("task")
+    assert s.loc["Q1", "n_pos"] == exp_pos == 2267
+    assert s.loc["Q1", "n_neg"] == exp_neg == 10485
+    assert s.loc["Q2", "n_pos"] == 1289 and s.loc["Q2", "n_neg"] == 6603
+    assert s.loc["Q3", "n_pos"] == 861 and s.loc["Q3", "n_neg"] == 4039
+    assert s.loc["Q1", "n_total"] == 19761
+    assert s.loc["Q1", "frac_pos_of_robust"] == pytest.approx(2267 / (2267 + 10485))
+    # the agreement rule keeps a different, checkable number
+    lab = robust_labels(cat, "Q1", rule="agreement", min_agreement=0.5)
+    assert 0 < (lab >= 0).sum() < len(cat)

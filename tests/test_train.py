@@ -1,0 +1,295 @@
+"""Training engine: a tiny synthetic Store of round vs elongated blobs, 1-2 epochs, batch 30."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from morphtransfer.data.store import Store, StoreWriter
+from morphtransfer.errors import InputError
+from morphtransfer.models import DS18, load_model, save_model
+from morphtransfer.tasks import add_fractions
+from morphtransfer.train import (
+    BatchAugment,
+    Recipe,
+    class_weights,
+    evaluate,
+    evaluate_model,
+    predict_store,
+    split_validation,
+    subset_hash_arrays,
+    train_model,
+)
+
+FAST = dict(max_epochs=2, early_stopping_patience=None)
+
+
+def blob_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Half round Gaussian blobs (label 0, 'smooth'), half thin elongated ones (label 1, 'disk').
+
+    Random orientation, centre jitter and noise; each band divided by its maximum like the Store.
+    The classes differ strongly (axis ratio 1 vs 0.2), so a network learns them in 1-2 epochs.
+    """
+    yy, xx = np.mgrid[0:69, 0:69].astype("float32") - 34.0
+    y = np.arange(n) % 2
+    imgs = np.empty((n, 3, 69, 69), dtype="float32")
+    for i in range(n):
+        phi = rng.uniform(0, np.pi)
+        dx, dy = rng.normal(0, 1.5, 2)
+        u = (xx - dx) * np.cos(phi) + (yy - dy) * np.sin(phi)
+        v = -(xx - dx) * np.sin(phi) + (yy - dy) * np.cos(phi)
+        a = rng.uniform(6, 9)
+        q = 1.0 if y[i] == 0 else 0.2
+        g = np.exp(-0.5 * ((u / a) ** 2 + (v / (a * q)) ** 2))
+        for b in range(3):
+            im = g * rng.uniform(0.7, 1.0) + rng.normal(0, 0.03, g.shape)
+            imgs[i, b] = im / im.max()
+    return imgs, y
+
+
+def _votes(y: np.ndarray) -> pd.DataFrame:
+    # 20 volunteers, 90% agreeing with the truth: robust labels equal y
+    c = pd.DataFrame(
+        {
+            "smooth_or_featured_smooth_count": np.where(y == 0, 18, 2),
+            "smooth_or_featured_featured_or_disk_count": np.where(y == 1, 18, 2),
+            "smooth_or_featured_artifact_count": 0,
+            "disk_edge_on_yes_count": np.where(y == 1, 18, 2),
+            "disk_edge_on_no_count": np.where(y == 0, 18, 2),
+        }
+    )
+    return add_fractions(c)
+
+
+@pytest.fixture(scope="module")
+def blob_store(tmp_path_factory) -> Store:
+    path = tmp_path_factory.mktemp("stores") / "blobs"
+    rng = np.random.default_rng(42)
+    imgs, y = blob_images(200, rng)
+    rows = pd.concat([pd.DataFrame({"id": [f"g{i:04d}" for i in range(200)], "true_disk": y}),
+                      _votes(y)], axis=1)
+    rows["split"] = np.where(np.arange(200) < 120, "train", "test")
+    StoreWriter(path, survey="sdss", bands=["g", "r", "i"]).append(rows, imgs)
+    return Store(path)
+
+
+def _train_rows(store):
+    cat = store.catalog
+    return cat[cat["split"] == "train"].assign(label=lambda d: d["true_disk"])
+
+
+def _test_rows(store):
+    cat = store.catalog
+    return cat[cat["split"] == "test"].assign(label=lambda d: d["true_disk"])
+
+
+@pytest.fixture(scope="module")
+def scratch_model(blob_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "scratch"
+    train_model(blob_store, "Q1", rows=_train_rows(blob_store), recipe=Recipe(**FAST),
+                out=out, progress=False)
+    return out
+
+
+def test_recipe_defaults_are_the_study_and_round_trip():
+    r = Recipe()
+    assert (r.learning_rate, r.batch_size, r.max_epochs, r.val_fraction) == (1e-3, 30, 50, 0.1)
+    assert r.early_stopping_patience == 10 and r.zoom_range == (0.75, 1.3)
+    assert (r.rotation_deg, r.shift_fraction, r.flips, r.augment) == (45.0, 0.05, True, True)
+    d = r.to_dict()
+    assert json.loads(json.dumps(d)) == d and Recipe.from_dict(d) == r
+    with pytest.raises(InputError, match="unknown recipe keys"):
+        Recipe.from_dict({"lr": 0.1})
+    with pytest.raises(InputError, match="precision"):
+        Recipe(precision="fp8")
+
+
+def test_scratch_training_learns_blobs_and_writes_card(scratch_model, blob_store):
+    card = json.loads((scratch_model / "card.json").read_text())
+    assert card["task"] == "Q1" and card["mode"] == "scratch" and card["survey"] == "sdss"
+    # 120 train rows: stratified 10% validation = 6 + 6 galaxies
+    assert (card["n_train"], card["n_fit"], card["n_val"]) == (120, 108, 12)
+    assert card["recipe"]["max_epochs"] == 2 and card["epochs_run"] == 2
+    assert card["best_epoch"] in (1, 2)
+    # Q1 is not balanced in the study: both classes weigh 1
+    assert card["class_weights"] == {"0": 1.0, "1": 1.0}
+    rows = _train_rows(blob_store).reset_index(drop=True)
+    assert card["training_set_hash"] == blob_store.subset_hash(rows, "label")
+    log = pd.read_csv(scratch_model / "log" / "metrics.csv")
+    assert {"train_loss", "val_loss"} <= set(log.columns)
+    assert log["val_loss"].notna().sum() == 2
+    # round vs axis-ratio-0.2 blobs are separable by size of the second moment; 2 epochs of 108
+    # galaxies take a random network (AUC 0.5) clearly above chance on the 80 unseen galaxies
+    m = evaluate(scratch_model, blob_store, "Q1", rows=_test_rows(blob_store), n_boot=200)
+    assert m["n"] == 80 and m["n_pos"] == 40
+    assert m["auc"] > 0.8, m
+    assert m["auc_lo"] <= m["auc"] <= m["auc_hi"]
+    assert not (scratch_model / "checkpoints").exists()
+
+
+def test_same_seed_gives_identical_weights_and_resume_returns_finished(blob_store, tmp_path):
+    rows = _train_rows(blob_store)
+    rec = Recipe(max_epochs=1, early_stopping_patience=None, seed=3)
+    a = train_model(blob_store, "Q1", rows=rows, recipe=rec, out=tmp_path / "a", progress=False)
+    b = train_model(blob_store, "Q1", rows=rows, recipe=rec, out=tmp_path / "b", progress=False)
+    ma, _ = load_model(a)
+    mb, _ = load_model(b)
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(va, vb), k
+    # same recipe and data: returned as it is, not retrained (the file is untouched)
+    mtime = (a / "weights.safetensors").stat().st_mtime_ns
+    assert train_model(blob_store, "Q1", rows=rows, recipe=rec, out=a, progress=False) == a
+    assert (a / "weights.safetensors").stat().st_mtime_ns == mtime
+    # a different recipe into the same folder is refused
+    with pytest.raises(InputError, match="trained differently"):
+        train_model(blob_store, "Q1", rows=rows, recipe=Recipe(max_epochs=1, seed=4), out=a,
+                    progress=False)
+
+
+def test_head_mode_keeps_conv_weights_bit_identical(scratch_model, blob_store, tmp_path):
+    out = train_model(blob_store, "Q1", rows=_train_rows(blob_store), init=scratch_model,
+                      trainable="head", recipe=Recipe(max_epochs=1, seed=1), out=tmp_path / "c",
+                      n_train=60, progress=False)
+    init, _ = load_model(scratch_model)
+    tuned, card = load_model(out)
+    s0, s1 = init.state_dict(), tuned.state_dict()
+    conv_keys = [k for k in s0 if k.startswith("features.")]
+    dense_keys = [k for k in s0 if k.startswith("head.")]
+    assert len(conv_keys) == 8 and len(dense_keys) == 4
+    for k in conv_keys:
+        assert torch.equal(s0[k], s1[k]), f"frozen {k} moved"
+    assert all(not torch.equal(s0[k], s1[k]) for k in dense_keys)
+    assert card["mode"] == "fine-tune head" and card["n_train"] == 60
+    assert card["n_trainable_parameters"] == 36_992 * 64 + 64 + 64 + 1
+    assert card["init_model_id"] == json.loads((scratch_model / "card.json").read_text())["model_id"]
+
+
+def test_all_mode_moves_conv_weights(scratch_model, blob_store, tmp_path):
+    out = train_model(blob_store, "Q1", rows=_train_rows(blob_store), init=scratch_model,
+                      recipe=Recipe(max_epochs=1, val_fraction=0.0), out=tmp_path / "b",
+                      n_train=30, progress=False)
+    init, _ = load_model(scratch_model)
+    tuned, card = load_model(out)
+    assert not torch.equal(init.features[1].weight, tuned.features[1].weight)
+    assert card["mode"] == "fine-tune all" and card["n_val"] == 0 and card["best_val_loss"] is None
+
+
+def test_q2_is_class_balanced_and_robust_labels_are_default(blob_store, tmp_path):
+    cat = blob_store.catalog
+    # 3 positives for 30 negatives: balanced weights n/(2 n_c) on the fit part
+    rows = pd.concat([cat[cat.true_disk == 1].head(4), cat[cat.true_disk == 0].head(40)])
+    out = train_model(blob_store, "Q2", rows=rows, label_column="true_disk",
+                      recipe=Recipe(max_epochs=1), out=tmp_path / "q2", progress=False)
+    card = json.loads((out / "card.json").read_text())
+    # validation takes round(0.1*4)=0 -> 1 positive and 4 negatives: fit has 3 pos, 36 neg
+    assert (card["n_fit"], card["n_val"]) == (39, 5)
+    assert card["class_weights"]["1"] == pytest.approx(39 / 6)
+    assert card["class_weights"]["0"] == pytest.approx(39 / 72)
+    w = class_weights(np.array([1, 0, 0, 0]), True)
+    assert w == {0: pytest.approx(4 / 6), 1: 2.0}
+
+
+def test_split_validation_is_stratified_and_seeded():
+    y = np.array([1] * 20 + [0] * 80)
+    m = split_validation(y, 0.1, 0)
+    assert m.sum() == 10 and y[m].sum() == 2
+    assert np.array_equal(m, split_validation(y, 0.1, 0))
+    assert not np.array_equal(m, split_validation(y, 0.1, 1))
+
+
+def test_bad_training_sets_are_clear_errors(blob_store, tmp_path):
+    cat = blob_store.catalog
+    with pytest.raises(InputError, match="empty"):
+        train_model(blob_store, "Q1", rows=cat.head(0).assign(label=[]), out=tmp_path / "x",
+                    progress=False)
+    with pytest.raises(InputError, match="single class"):
+        train_model(blob_store, "Q1", rows=cat.assign(label=1), out=tmp_path / "x", progress=False)
+    with pytest.raises(InputError, match="n_train=500"):
+        train_model(blob_store, "Q1", n_train=500, out=tmp_path / "x", progress=False)
+    with pytest.raises(InputError, match="does not exist"):
+        train_model(blob_store, "Q1", init=tmp_path / "nope", out=tmp_path / "x", progress=False)
+    with pytest.raises(InputError, match="init="):
+        train_model(blob_store, "Q1", trainable="head", out=tmp_path / "x", progress=False)
+    with pytest.raises(InputError, match="other than 0/1"):
+        train_model(blob_store, "Q1", rows=cat.assign(label=2), out=tmp_path / "x", progress=False)
+
+
+def test_wrong_task_model_and_wrong_image_shape(scratch_model, blob_store, tmp_path):
+    with pytest.raises(InputError, match="task 'Q1', not 'Q2'"):
+        train_model(blob_store, "Q2", init=scratch_model, out=tmp_path / "x", progress=False)
+    with pytest.raises(InputError, match="task 'Q1', not 'Q2'"):
+        evaluate(scratch_model, blob_store, "Q2")
+    small = tmp_path / "small"
+    StoreWriter(small, survey="des", bands=["g", "r", "i"], image_size=32).append(
+        pd.DataFrame({"id": ["a", "b"], "label": [0, 1]}), np.zeros((2, 3, 32, 32), "float32"))
+    with pytest.raises(InputError, match=r"shape \(3, 32, 32\)"):
+        train_model(small, "Q1", rows=Store(small).catalog, out=tmp_path / "x", progress=False)
+    with pytest.raises(InputError, match=r"shape \(3, 32, 32\)"):
+        predict_store(scratch_model, small)
+
+
+def test_predict_store_matches_model_and_order(scratch_model, blob_store):
+    model, _ = load_model(scratch_model)
+    rows = blob_store.catalog.iloc[[5, 0, 150, 3]]
+    p = predict_store(scratch_model, blob_store, rows, batch_size=3)
+    with torch.no_grad():
+        ref = torch.sigmoid(model(torch.from_numpy(blob_store.read_images([5, 0, 150, 3])))).numpy()
+    np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-5)
+    assert len(predict_store(model, blob_store)) == 200
+
+
+def test_evaluate_leaves_out_training_galaxies_and_uses_validation_threshold(
+    scratch_model, blob_store
+):
+    # no rows: robust labels of the whole Store (all 200 robust), minus the 120 used in training
+    res = evaluate_model(scratch_model, blob_store, "Q1", n_boot=50)
+    assert res["n_excluded_training"] == 120 and len(res["y"]) == 80
+    assert [m["threshold_rule"] for m in res["thresholds"]] == ["fixed", "validation (Youden)"]
+    card = json.loads((scratch_model / "card.json").read_text())
+    assert res["thresholds"][1]["p_threshold"] == card["p_threshold_val"]
+    assert res["thresholds"][0]["tp"] + res["thresholds"][0]["fn"] == 40
+
+
+def test_batch_augment_matrices_follow_the_recipe():
+    aug = BatchAugment(45.0, 0.05, (0.75, 1.3), flips=True)
+    torch.manual_seed(0)
+    m = aug.matrices(4000, 69, 69, "cpu")
+    lin = m[:, :, :2]
+    det = torch.linalg.det(lin)
+    # |det| = 1/(zx zy): zoom factors in [0.75, 1.3] each
+    assert det.abs().min() >= 1 / 1.3**2 - 1e-5 and det.abs().max() <= 1 / 0.75**2 + 1e-5
+    # one flip (det < 0) about half of the time: P = 1/2 for exactly one of two flips
+    assert 0.45 < (det < 0).float().mean() < 0.55
+    # the centre moves by the shift only: at most 5% of 69 pixels per axis
+    c = torch.tensor([34.0, 34.0, 1.0])
+    shift = (m @ c) - c[:2]
+    assert shift.abs().max() <= 0.05 * 69 + 1e-4 and shift.abs().max() > 0.04 * 69
+    # rotation angle within +-45 deg (up to a flip): from the first column's direction
+    ang = torch.rad2deg(torch.atan2(lin[:, 1, 0], lin[:, 0, 0].abs()))
+    assert ang.abs().max() <= 45.0 + 1e-3 and ang.abs().max() > 44.0
+    # identity parameters leave an image unchanged; the module keeps shape and is batched
+    ident = BatchAugment(0.0, 0.0, (1.0, 1.0), flips=False)
+    x = torch.rand(5, 3, 69, 69)
+    torch.testing.assert_close(ident(x), x, atol=1e-5, rtol=0)
+    assert aug(x).shape == x.shape
+
+
+def test_subset_hash_arrays_equals_store_subset_hash(blob_store):
+    rows = blob_store.catalog.iloc[[7, 3, 11]].assign(label=[1, 0, 1])
+    imgs = blob_store.read_images(rows["image_index"])
+    assert subset_hash_arrays(rows["id"], rows["label"], imgs) == blob_store.subset_hash(rows, "label")
+
+
+def test_save_untrained_init_then_fine_tune_keeps_card_fields(blob_store, tmp_path):
+    torch.manual_seed(0)
+    save_model(DS18(), tmp_path / "init", {"task": "Q1", "survey": "sdss"})
+    out = train_model(blob_store, "Q1", rows=_train_rows(blob_store), init=tmp_path / "init",
+                      recipe=Recipe(max_epochs=1), out=tmp_path / "ft", n_train=40,
+                      card_extra={"experiment": "b"}, progress=False)
+    card = json.loads((out / "card.json").read_text())
+    assert card["experiment"] == "b" and card["init_survey"] == "sdss"
+    assert card["n_parameters"] == 2_602_849
