@@ -89,7 +89,8 @@ def test_kaggle_cumulative_fractions(shared_data):
                        "kaggle")
     r = cat.set_index("id").loc["100023"]
     # Class2.1 = 0.031178269, Class2.2 = 0.632598731: within-question fraction of edge-on yes
-    assert r["disk_edge_on_yes_fraction"] == pytest.approx(0.031178269 / (0.031178269 + 0.632598731))
+    yes, no = 0.031178269, 0.632598731
+    assert r["disk_edge_on_yes_fraction"] == pytest.approx(yes / (yes + no))
     # pseudo-counts out of 40 assumed classifications: 40 x 0.663777 -> 27 featured
     assert r["smooth_or_featured_featured_or_disk_count"] == 27
     assert r["bar_yes_count"] == round(40 * 0.467369636) and r["file"] == "100023.jpg"

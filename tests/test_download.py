@@ -180,7 +180,7 @@ def test_validation_rejects_html_and_truncation(shared_data):
         validate_fits(HTML, 3)
     with pytest.raises(InvalidResponse, match="2880"):
         validate_fits(fb[:-100], 3)
-    with pytest.raises(InvalidResponse, match="3 bands"):
+    with pytest.raises(InvalidResponse, match="expected 4 bands"):
         validate_fits(fb, 4)
 
 
@@ -213,7 +213,7 @@ def test_download_sdss_misbehaving_server_and_resume(server, tmp_path):
     assert all(server.hits[k] == before[k] for k in list(before)[:4])
     # the download catalogue feeds ingest: 10 x R90 = 102 px of 102 at 0.396"/px
     r = ingest(out, out / "catalog.csv", "tidy", tmp_path / "store", survey="sdss", workers=1,
-               progress=False)
+               progress=False).ingest_report
     s = Store(tmp_path / "store")
     assert r.n_ingested == 4 and set(s.catalog["crop_rule"]) == {"10xR90"}
 
@@ -231,7 +231,7 @@ def test_download_legacy_fits_concurrency_limit(server, tmp_path):
         assert h[0].data.shape == (3, 191, 191)  # ceil(10 x 5.0 / 0.262)
         assert h[0].header["BAND2"] == "z"
     r = ingest(out, out / "catalog.csv", "tidy", tmp_path / "store", survey="decals", workers=1,
-               progress=False)
+               progress=False).ingest_report
     assert r.n_ingested == 6 and Store(tmp_path / "store").bands == ["g", "r", "z"]
 
 

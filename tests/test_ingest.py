@@ -29,7 +29,7 @@ def test_gz1_ingest_pool_labels_and_pixels(shared_data, tmp_path):
     labels, cat = _gz1_subset(shared_data, tmp_path, 300)
     out = tmp_path / "store"
     res = ingest(shared_data / "sdss_gz1", cat, "gz1", out, survey="sdss", workers=2,
-                 batch_size=64, progress=False)
+                 batch_size=64, progress=False).ingest_report
     kept = labels[~labels.gz1_class.isin([4, 5])]
     assert res.n_ingested == len(kept) and res.n_rejected == 0
     assert res.n_dropped_by_catalog == int(labels.gz1_class.isin([4, 5]).sum())
@@ -91,6 +91,7 @@ def test_bad_galaxies_go_to_rejects_and_the_rest_goes_on(shared_data, tmp_path):
     d, cat = _bad_folder(shared_data, tmp_path)
     out = tmp_path / "store"
     res = ingest(d, cat, "tidy", out, survey="sdss", workers=1, progress=False)
+    res = res.ingest_report
     s = Store(out)
     assert sorted(s.catalog["id"]) == sorted(
         [p.stem for p in sorted(d.glob("58*.jpeg"))] + ["dup", "cube"])
@@ -105,23 +106,40 @@ def test_bad_galaxies_go_to_rejects_and_the_rest_goes_on(shared_data, tmp_path):
     assert res.n_ingested == 5 and res.n_rejected == 8
     # resume: nothing redone, no rejects written twice
     res2 = ingest(d, cat, "tidy", out, survey="sdss", workers=1, progress=False)
+    res2 = res2.ingest_report
     assert res2.n_ingested == 0 and res2.n_rejected == 0 and res2.n_skipped == 12
     assert len(Store(out).rejects()) == 8 and len(Store(out)) == 5
 
 
-def test_interrupted_ingest_resumes_without_loss(shared_data, tmp_path):
+def test_interrupted_ingest_resumes_without_loss(shared_data, tmp_path, monkeypatch):
+    from morphtransfer.data.store import StoreWriter
+
     labels, cat = _gz1_subset(shared_data, tmp_path, 40)
     out = tmp_path / "store"
-    first = ingest(shared_data / "sdss_gz1", cat, "gz1", out, limit=15, batch_size=8,
-                   workers=1, progress=False)
+    real_append = StoreWriter.append
+    calls = {"n": 0}
+
+    def crash_on_second(self, rows, images):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C between two committed batches
+        return real_append(self, rows, images)
+
+    monkeypatch.setattr(StoreWriter, "append", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(shared_data / "sdss_gz1", cat, "gz1", out, batch_size=16, workers=1,
+               progress=False)
+    monkeypatch.setattr(StoreWriter, "append", real_append)
     part = Store(out).catalog["id"].tolist()
-    rest = ingest(shared_data / "sdss_gz1", cat, "gz1", out, batch_size=8, workers=1,
-                  progress=False)
+    assert len(part) == 16  # the first batch was committed and survives
+    rest = ingest(shared_data / "sdss_gz1", cat, "gz1", out, batch_size=32, workers=1,
+                  progress=False).ingest_report
     s = Store(out)
-    assert s.catalog["id"].tolist()[: len(part)] == part
-    assert len(s) == first.n_ingested + rest.n_ingested
-    assert s.catalog["id"].is_unique and rest.n_skipped == first.n_ingested
+    kept = labels[~labels.gz1_class.isin([4, 5])]
+    assert s.catalog["id"].tolist() == kept["objid"].astype(str).tolist()
+    assert rest.n_skipped == 16 and rest.n_ingested == len(kept) - 16
     assert s.catalog["image_index"].tolist() == list(range(len(s)))
+    np.testing.assert_allclose(s.read_images(np.arange(len(s))).max(axis=(2, 3)), 1.0)
 
 
 def test_fits_ingest_crops_ten_r90(tmp_path):
@@ -139,8 +157,8 @@ def test_fits_ingest_crops_ten_r90(tmp_path):
     fits.PrimaryHDU(np.stack([gal, 2 * gal, 3 * gal]), header=hdr).writeto(d / "g1.fits")
     cat = tmp_path / "c.csv"
     pd.DataFrame({"id": ["g1"], "file": ["g1.fits"], "r90_arcsec": [5.24]}).to_csv(cat, index=False)
-    ingest(d, cat, "tidy", tmp_path / "s", survey="decals", workers=1, progress=False)
-    s = Store(tmp_path / "s")
+    s = ingest(d, cat, "tidy", tmp_path / "s", survey="decals", workers=1, progress=False)
+    assert isinstance(s, Store) and s.ingest_report.n_ingested == 1
     assert s.catalog.loc[0, "crop_rule"] == "10xR90" and s.bands == ["g", "r", "z"]
     img = s.read_images([0])[0]
     expect = preprocess_cutout(np.stack([gal] * 3), 0.262, 5.24)
@@ -161,3 +179,44 @@ def test_bad_arguments_are_input_errors(shared_data, tmp_path):
         ingest(shared_data / "sdss_gz1", cat, "gz1", tmp_path / "s", survey="hst", progress=False)
     assert parse_bands("g,r,i") == ("g", "r", "i") and parse_bands("grz") == ("g", "r", "z")
     assert parse_bands(None) is None
+
+
+@pytest.mark.parametrize(
+    "fmt,catalog,images,survey,n",
+    [
+        ("gz2", "galaxy_zoo_2/gz2_hart16.csv", "galaxy_zoo_2/images", "sdss", 3),
+        ("kaggle", "galaxy_zoo_challenge/training_solutions_rev1.csv",
+         "galaxy_zoo_challenge/images_training_rev1", "sdss", 3),
+        ("gzdecals", "galaxy_zoo_decals/gz_decals_volunteers_5.csv", "galaxy_zoo_decals",
+         "decals", 6),
+        ("gzdecals", "galaxy_zoo_decals/gz_decals_volunteers_1_and_2.csv", "galaxy_zoo_decals",
+         "decals", 6),
+    ],
+)
+def test_every_real_fixture_format_ingests(shared_data, tmp_path, fmt, catalog, images, survey, n):
+    fx = shared_data / "fixtures"
+    res = ingest(fx / images, fx / catalog, fmt, tmp_path / "s", survey=survey, workers=1,
+                 progress=False).ingest_report
+    assert res.n_ingested == n and res.n_rejected == 0
+    s = Store(tmp_path / "s")
+    assert s.bands == (["g", "r", "z"] if survey == "decals" else ["g", "r", "i"])
+    # GZ DECaLS has petro_th90 but its PNGs carry no pixel scale: the whole image is used
+    assert set(s.catalog["crop_rule"]) == {"whole_image"}
+    np.testing.assert_allclose(s.read_images(np.arange(n)).max(axis=(2, 3)), 1.0)
+
+
+def test_cli_ingest_and_bad_format(shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    fx = shared_data / "fixtures" / "galaxy_zoo_2"
+    base = [sys.executable, "-m", "morphtransfer.cli", "ingest", "--images", str(fx / "images"),
+            "--catalog", str(fx / "gz2_hart16.csv"), "--out", str(tmp_path / "s")]
+    ok = subprocess.run(base + ["--format", "gz2", "--workers", "1"], capture_output=True,
+                        text=True, env={"COLUMNS": "200", "PATH": ""})
+    assert ok.returncode == 0, ok.stderr
+    assert "3 galaxies ingested" in ok.stdout and len(Store(tmp_path / "s")) == 3
+    bad = subprocess.run(base + ["--format", "gz9"], capture_output=True, text=True,
+                         env={"COLUMNS": "200", "PATH": ""})
+    assert bad.returncode == 2 and "unknown catalogue format 'gz9'" in bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr

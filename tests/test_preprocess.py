@@ -66,7 +66,9 @@ def test_preprocess_cutout_hand_example():
     band0 = np.arange(36, dtype=float).reshape(6, 6)
     band1 = np.full((6, 6), 3.0)
     band1[1:3, 1:3] = 7.0  # the top-left 2x2 block of the crop
-    out = preprocess_cutout(np.stack([band0, band1]), pixel_scale_arcsec=1.0, r90_arcsec=0.4, size=2)
+    out = preprocess_cutout(
+        np.stack([band0, band1]), pixel_scale_arcsec=1.0, r90_arcsec=0.4, size=2
+    )
     # band0 block means of rows/cols 1..4: [[10.5, 12.5], [22.5, 24.5]], / max 24.5
     np.testing.assert_allclose(out[0], np.array([[10.5, 12.5], [22.5, 24.5]]) / 24.5, atol=1e-6)
     # band1 block means: [[7, 3], [3, 3]] / 7

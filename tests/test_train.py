@@ -293,3 +293,55 @@ def test_save_untrained_init_then_fine_tune_keeps_card_fields(blob_store, tmp_pa
     card = json.loads((out / "card.json").read_text())
     assert card["experiment"] == "b" and card["init_survey"] == "sdss"
     assert card["n_parameters"] == 2_602_849
+
+
+def test_interrupted_training_resumes_from_its_last_epoch(blob_store, tmp_path):
+    import lightning as L
+
+    class Interrupt(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:  # epoch 0 finished and was checkpointed
+                raise RuntimeError("power cut")
+
+    rec = Recipe(max_epochs=2, early_stopping_patience=None)
+    rows = _train_rows(blob_store)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_model(blob_store, "Q1", rows=rows, recipe=rec, out=tmp_path / "m", progress=False,
+                    callbacks=[Interrupt()])
+    assert (tmp_path / "m" / "checkpoints" / "last.ckpt").exists()
+    assert not (tmp_path / "m" / "card.json").exists()
+    starts = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            starts.append(trainer.current_epoch)
+
+    train_model(blob_store, "Q1", rows=rows, recipe=rec, out=tmp_path / "m", progress=False,
+                callbacks=[Record()])
+    assert starts == [1]  # epoch 0 came from the checkpoint, only epoch 1 ran
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["epochs_run"] == 2 and card["best_epoch"] in (1, 2)
+
+
+def test_cli_train_and_evaluate(blob_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from morphtransfer.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli_model"
+    r = runner.invoke(app, ["train", "--store", str(blob_store.path), "--task", "Q1", "--split",
+                            "train", "--epochs", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich wraps lines at the terminal width
+    assert "scratch Q1 model" in text and "108 training + 12 validation" in text
+    r = runner.invoke(app, ["evaluate", "--model", str(out), "--store", str(blob_store.path),
+                            "--task", "Q1", "--n-boot", "50", "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "P_th 0.500" in text and "AUC" in text and "120 galaxies" in text
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["thresholds"][0]["n"] == 80
+    r = runner.invoke(app, ["train", "--store", str(blob_store.path), "--task", "Q1", "--split",
+                            "nope", "--out", str(tmp_path / "x")])
+    assert isinstance(r.exception, InputError) and "split 'nope'" in str(r.exception)

@@ -103,7 +103,7 @@ def ingest_command(
     from morphtransfer.data.ingest import ingest, parse_bands
     from morphtransfer.tasks import robust_summary
 
-    res = ingest(
+    store = ingest(
         images,
         catalog,
         format,
@@ -116,15 +116,16 @@ def ingest_command(
         pixel_scale_arcsec=pixel_scale,
         limit=limit,
     )
+    res = store.ingest_report
     console.print(
         f"{res.n_ingested} galaxies ingested in {res.seconds:.1f} s ({res.rate_per_s:.0f}/s); "
         f"{res.n_skipped} already there; {res.n_rejected} rejected "
         f"{res.reject_reasons or ''}; {res.n_dropped_by_catalog} dropped by the catalogue adapter"
     )
-    console.print(f"Store {out}: {len(res.store)} galaxies, bands {res.store.bands}")
+    console.print(f"Store {out}: {len(store)} galaxies, bands {store.bands}")
     if res.n_rejected:
         console.print(f"rejects: {Path(out) / 'rejects.csv'}")
-    summary = robust_summary(res.store.catalog)
+    summary = robust_summary(store.catalog)
     if len(summary):
         console.print(summary.to_string(index=False))
 
@@ -166,6 +167,93 @@ def download_command(
 # ---- end ingest, download -----------------------------------------------------------------
 
 # ---- train, evaluate (issue 5) ------------------------------------------------------------
+@app.command("train")
+def train_command(
+    store: Path = typer.Option(..., "--store", help="Store with the training galaxies."),
+    task: str = typer.Option(..., "--task", help="Q1 | Q2 | Q3"),
+    out: Path = typer.Option(..., "--out", help="Model folder written (resumable)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Model to start from (default: scratch)."),
+    trainable: str = typer.Option("all", "--trainable", help="all (every layer) | head (dense only)."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="Seeded random subsample size."),
+    epochs: int = typer.Option(50, "--epochs", help="Maximum epochs (the study: 50)."),
+    patience: int = typer.Option(10, "--patience", help="Early-stopping patience; 0: none."),
+    batch_size: int = typer.Option(30, "--batch-size", help="Batch size (the study: 30)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (the study: 1e-3)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Rotations, shifts, flips, zoom."),
+    precision: str = typer.Option("32-true", "--precision", help="32-true | bf16-mixed | 16-mixed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of subsample, split, init and batches."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only rows whose `split` is this."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different model in --out."),
+) -> None:
+    """Train DS18 on a Store's robust labels: from scratch, or fine-tune a model (all | head)."""
+    import json as _json
+
+    from morphtransfer.train import Recipe, select_split, train_model
+
+    recipe = Recipe(max_epochs=epochs, early_stopping_patience=patience or None,
+                    batch_size=batch_size, learning_rate=lr, augment=augment,
+                    precision=precision, seed=seed)
+    rows = select_split(store, split)
+    path = train_model(store, task, rows=rows, init=init, trainable=trainable, recipe=recipe,
+                       out=out, n_train=n_train, overwrite=overwrite)
+    card = _json.loads((path / "card.json").read_text())
+    console.print(
+        f"{card['mode']} {card['task']} model -> {path}: {card['n_fit']} training + "
+        f"{card['n_val']} validation galaxies, {card['epochs_run']} epochs, best epoch "
+        f"{card.get('best_epoch')}, val loss {card.get('best_val_loss') or float('nan'):.4f}, "
+        f"val AUC {card.get('val_auc', float('nan')):.3f}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Path = typer.Option(..., "--model", help="Model folder."),
+    store: Path = typer.Option(..., "--store", help="Store with robust labels to score on."),
+    task: str = typer.Option(..., "--task", help="Q1 | Q2 | Q3"),
+    split: Optional[str] = typer.Option(None, "--split", help="Only rows whose `split` is this."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    include_training: bool = typer.Option(
+        False, "--include-training", help="Also score galaxies the model was trained on."),
+    precision: str = typer.Option("32-true", "--precision", help="32-true | bf16-mixed"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """TPR, precision, accuracy, AUC and confusion counts at P_th = 0.5 and a validation P_th."""
+    import json as _json
+
+    from rich.table import Table
+
+    from morphtransfer.train import evaluate_model, select_split
+
+    res = evaluate_model(model, store, task, rows=select_split(store, split), n_boot=n_boot,
+                         seed=seed, exclude_training=not include_training, precision=precision)
+    ms = res["thresholds"]
+    table = Table(title=f"{res['task']} on {store}: {ms[0]['n']} galaxies, {ms[0]['n_pos']} "
+                        f"positive (95% bootstrap intervals, {n_boot} resamples)")
+    table.add_column("figure")
+    for m in ms:
+        rule = "validation" if m["threshold_rule"].startswith("validation") else "fixed"
+        table.add_column(f"P_th {m['p_threshold']:.3f}\n{rule}", justify="right")
+        table.add_column("95% interval", justify="center")
+    for key, name in (("tpr", "TPR"), ("precision", "precision"), ("accuracy", "accuracy"),
+                      ("auc", "AUC")):
+        cells = []
+        for m in ms:
+            cells += [f"{m[key]:.3f}", f"{m[key + '_lo']:.3f}-{m[key + '_hi']:.3f}"]
+        table.add_row(name, *cells)
+    for key in ("tp", "fp", "tn", "fn"):
+        table.add_row(key.upper(), *[c for m in ms for c in (str(m[key]), "")])
+    console.print(table)
+    if res["n_excluded_training"]:
+        console.print(f"{res['n_excluded_training']} galaxies the model was trained on were left "
+                      "out (--include-training keeps them)")
+    if json_out is not None:
+        json_out.write_text(_json.dumps(
+            {"task": res["task"], "model": str(model), "store": str(store), "split": split,
+             "n_excluded_training": res["n_excluded_training"], "thresholds": res["thresholds"]},
+            indent=2))
+
+
 # ---- end train, evaluate ------------------------------------------------------------------
 
 # ---- run: the transfer study (issue 4) ----------------------------------------------------

@@ -304,7 +304,9 @@ class _StoreSource:
         reasons = _empty_strings(len(rows))
         idx = rows["image_index"].to_numpy(dtype="int64")[ok]
         images = self.store.read_images(idx)
-        finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+        if len(images) == 0:
+            return images, reasons
+        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
         if not finite.all():
             where = np.nonzero(ok)[0]
             reasons[where[~finite]] = "NaN/inf pixels in the Store image"
@@ -652,7 +654,9 @@ def _write_fits(table: pa.Table, path: Path, provenance: dict, descriptions: dic
     h["INPATH"] = src["path"]  # input path (long paths use CONTINUE cards)
     if src.get("survey"):
         h["SURVEY"] = (src["survey"], "survey of the input images")
-    h["INHASH"] = provenance["images_sha256"]  # sha256 over the shards' model-input images
+    # sha256 over the shards' sha256 of their model-input images (depends on SHARDSZ)
+    h["INHASH"] = provenance["images_sha256"]
+    h["SHARDSZ"] = (provenance["shard_size"], "galaxies per shard (INHASH depends on it)")
     h["NMODELS"] = (len(provenance["models"]), "models applied")
     for i, m in enumerate(provenance["models"], start=1):
         h[f"MODEL{i}"] = (m["model_id"], f"model id (weights sha256) of p_{m['task']}")
@@ -959,6 +963,7 @@ def predict_catalog(
         "mc_dropout": int(mc_dropout),
         "seed": int(seed),
         "engine": engine,
+        "shard_size": int(shard_size),
     }
     _merge(run, n_shards, out, kind, provenance)
     shutil.rmtree(parts, ignore_errors=True)

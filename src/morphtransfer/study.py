@@ -415,12 +415,8 @@ def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str):
     """
     train = _engine()
     section = dict(cfg["recipe"].get(which, {}))
-    min_steps = int(section.pop("min_steps", 0))
-    val_fraction = float(section.get("val_fraction", 0.1))
-    batch = int(section.get("batch_size", 30))
-    if min_steps and n_train:
-        steps_per_epoch = max(1, math.ceil(n_train * (1 - val_fraction) / batch))
-        section["max_epochs"] = max(int(section.get("max_epochs", 50)), math.ceil(min_steps / steps_per_epoch))
+    section.pop("min_steps", None)
+    section["max_epochs"] = _epochs(cfg, which, n_train)
     section["seed"] = int(seed)
     # TOML has no null: early_stopping_patience = 0 means no early stopping
     if section.get("early_stopping_patience", 1) in (0, None):
@@ -506,33 +502,85 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
     _write_atomic(paths.config, text)
 
 
-def estimate_seconds(cfg: dict, experiments: list[Experiment], simulate_n: int = 0, n_test: dict | None = None) -> dict:
-    """Rough wall time of the study from the [estimate] speeds (printed at start)."""
+def _rates(cfg: dict) -> tuple[float, float, float]:
     est = cfg.get("estimate", {})
-    sim_rate = float(est.get("simulate_galaxies_per_s", 40.0))
-    train_rate = float(est.get("train_images_per_s", 200.0))
-    pred_rate = float(est.get("predict_images_per_s", 900.0))
+    return (
+        float(est.get("simulate_galaxies_per_s", 40.0)),
+        float(est.get("train_images_per_s", 200.0)),
+        float(est.get("predict_images_per_s", 900.0)),
+    )
+
+
+# Lightning setup, checkpoints and model loading per training: a fixed cost that dominates the
+# smallest fine-tunes (measured ~2 s on 2 cores).
+FIT_OVERHEAD_S = 2.0
+
+
+def _epochs(cfg: dict, which: str, n_train: int) -> int:
+    r = cfg["recipe"].get(which, {})
+    epochs = int(r.get("max_epochs", 50))
+    min_steps = int(r.get("min_steps", 0))
+    if min_steps and n_train:
+        steps = max(1, math.ceil(n_train * (1 - float(r.get("val_fraction", 0.1))) / int(r.get("batch_size", 30))))
+        epochs = max(epochs, math.ceil(min_steps / steps))
+    return epochs
+
+
+def job_seconds(cfg: dict, job, n_test: int) -> float:
+    """Predicted seconds of one job: a task's source model (job = task name) or an experiment.
+
+    Upper bound: early stopping usually ends trainings sooner. (c) back-propagates through the
+    dense part only, about half the cost of (b) or (d).
+    """
+    _, train_rate, pred_rate = _rates(cfg)
+    if isinstance(job, str):
+        n = _per_task(cfg["source"]["n_train"], job, "[source] n_train")
+        return FIT_OVERHEAD_S + n * _epochs(cfg, "source", n) / train_rate
+    sec = n_test / pred_rate + 1.0
+    if job.trains:
+        factor = 0.55 if job.trainable == "head" else 1.0
+        sec += FIT_OVERHEAD_S + job.n_train * _epochs(cfg, "target", job.n_train) * factor / train_rate
+    return sec
+
+
+def estimate_seconds(cfg: dict, experiments: list[Experiment], simulate_n: int = 0,
+                     n_test: dict | None = None) -> dict:
+    """Rough wall time of the study from the [estimate] speeds (printed at start)."""
+    sim_rate, _, _ = _rates(cfg)
     tasks = sorted({e.task for e in experiments})
-    train_images = 0.0
-    for t in tasks:
-        r = cfg["recipe"].get("source", {})
-        train_images += _per_task(cfg["source"]["n_train"], t, "n_train") * int(r.get("max_epochs", 50))
-    for e in experiments:
-        if not e.trains:
-            continue
-        r = dict(cfg["recipe"].get("target", {}))
-        steps = max(1, math.ceil(e.n_train * 0.9 / int(r.get("batch_size", 30))))
-        epochs = max(int(r.get("max_epochs", 50)), math.ceil(int(r.get("min_steps", 0)) / steps))
-        # c back-propagates through the dense part only: about half the cost of b or d
-        train_images += e.n_train * epochs * (0.55 if e.trainable == "head" else 1.0)
-    pred_images = sum((n_test or {}).get(e.task, 1000) for e in experiments)
+    n_test = n_test or {}
     out = {
         "simulate_s": simulate_n / sim_rate,
-        "train_s": train_images / train_rate,
-        "predict_s": pred_images / pred_rate,
+        "source_models_s": sum(job_seconds(cfg, t, 0) for t in tasks),
+        "experiments_s": sum(job_seconds(cfg, e, n_test.get(e.task, 500)) for e in experiments),
     }
     out["total_s"] = sum(out.values()) + 20.0  # report and figures
     return out
+
+
+class _Clock:
+    """Elapsed time and an ETA that rescales the predicted job costs by the measured speed."""
+
+    def __init__(self, costs: list[float]):
+        self.costs = costs
+        self.t0 = time.time()
+        self.done_cost = 0.0
+        self.done_time = 0.0
+        self._job_t0 = None
+
+    def start(self) -> None:
+        self._job_t0 = time.time()
+
+    def finish(self, i: int, skipped: bool = False) -> None:
+        if not skipped and self._job_t0 is not None:
+            self.done_cost += self.costs[i]
+            self.done_time += time.time() - self._job_t0
+        self._job_t0 = None
+
+    def line(self, i: int) -> str:
+        remaining = sum(self.costs[i:])
+        scale = self.done_time / self.done_cost if self.done_cost > 0 else 1.0
+        return f"{(time.time() - self.t0) / 60:.1f} min elapsed, ~{remaining * scale / 60:.1f} min left"
 
 
 def run_study(
@@ -564,14 +612,30 @@ def run_study(
     if target is not None and source is None:
         raise InputError("--target needs --source: the study transfers a source model to a target survey")
     simulated = source is None
-    sim_n = 0
     if simulated:
         sim = cfg.get("simulate", {})
         sim_n = int(sim.get("n_galaxies", 6000))
         data = paths.root / "data"
         source, target = data / "sdss", data / "des"
         inputs = {"simulated": True, "n_galaxies": sim_n, "seed": int(sim.get("seed", 0))}
+        # the estimate before anything runs: the configured sizes, nothing capped yet
+        plan0, _ = plan_experiments(cfg, list(cfg["study"]["tasks"]))
+        n_test0 = {t: _per_task(cfg["target"]["n_test"], t, "n_test") for t in cfg["study"]["tasks"]}
+        sim_done = (data / "simulated.json").exists()
+        est0 = estimate_seconds(cfg, plan0, 0 if sim_done else sim_n, n_test0)
+        console.print(
+            f"[bold]morphtransfer study[/] preset [cyan]{cfg.get('name')}[/] -> {paths.root}: "
+            f"{len(plan0)} experiments on {len(cfg['study']['tasks'])} tasks; estimated time "
+            f"~{est0['total_s'] / 60:.0f} min on 2 CPU cores (simulation "
+            f"{est0['simulate_s'] / 60:.1f}, source models {est0['source_models_s'] / 60:.1f}, "
+            f"experiments {est0['experiments_s'] / 60:.1f} min)",
+            highlight=False,
+        )
     else:
+        console.print(
+            f"[bold]morphtransfer study[/] preset [cyan]{cfg.get('name')}[/] -> {paths.root}",
+            highlight=False,
+        )
         inputs = {"simulated": False, "source": str(Path(source).resolve()),
                   "target": str(Path(target).resolve()) if target else ""}
     _check_or_write_config(paths, cfg, inputs)
@@ -640,15 +704,14 @@ def run_study(
     n_test = {
         t: len(rows_of(splits, t, "target_test" if tgt_store else "source_test")) for t in tasks
     }
-    est = estimate_seconds(cfg, experiments, 0, n_test)
+    jobs: list = list(tasks) + list(experiments)
+    costs = [job_seconds(cfg, j, 0 if isinstance(j, str) else n_test[j.task]) for j in jobs]
     n_train_jobs = len(tasks) + sum(e.trains for e in experiments)
     console.print(
-        f"[bold]morphtransfer study[/] preset [cyan]{cfg.get('name')}[/] -> {paths.root}\n"
         f"  source {src_store.path} ({len(src_store)} galaxies)"
         + (f", target {tgt_store.path} ({len(tgt_store)} galaxies)" if tgt_store else "")
-        + f"\n  tasks {', '.join(tasks)}; {len(experiments)} experiments, {n_train_jobs} models to train"
-        f"\n  estimated time for training and testing: about {est['total_s'] / 60:.0f} min "
-        f"(at ~{cfg['estimate'].get('train_images_per_s', 200)} training images/s)",
+        + f"\n  tasks {', '.join(tasks)}: {len(experiments)} experiments, {n_train_jobs} models to "
+        f"train, ~{sum(costs) / 60:.0f} min",
         highlight=False,
     )
     for t in tasks:
@@ -661,23 +724,22 @@ def run_study(
 
     result = StudyResult(paths.root, experiments, notes)
     engine = _engine()
-    job = 0
-    total_jobs = len(tasks) + len(experiments)
-    for t in tasks:
-        job += 1
-        _run_source_model(engine, t, cfg, splits, src_store, paths, console, job, total_jobs, result, progress, t_start, est)
-    for exp in experiments:
-        job += 1
-        _run_experiment(
-            engine, exp, cfg, splits, src_store, tgt_store, paths, console, job, total_jobs,
-            result, progress, split_seed, t_start,
-        )
+    clock = _Clock(costs)
+    for i, job in enumerate(jobs):
+        head = f"[{i + 1}/{len(jobs)}]"
+        clock.start()
+        if isinstance(job, str):
+            did = _run_source_model(engine, job, cfg, splits, src_store, paths, console, head, result,
+                                    progress, clock.line(i))
+        else:
+            did = _run_experiment(engine, job, cfg, splits, src_store, tgt_store, paths, console, head,
+                                  result, progress, split_seed, clock.line(i))
+        clock.finish(i, skipped=not did)
 
     preds = collect_predictions(paths, experiments)
     tmp = paths.predictions.with_name("predictions.parquet.tmp")
     preds.to_parquet(tmp, index=False)
     os.replace(tmp, paths.predictions)
-    result.elapsed_s = time.time() - t_start
     if report:
         from morphtransfer.report import write_report
 
@@ -690,11 +752,14 @@ def run_study(
             notes=notes,
             console=console,
         )
+    result.elapsed_s = time.time() - t_start
     console.print(
         f"[bold green]done[/] in {result.elapsed_s / 60:.1f} min: {result.trained} models trained, "
         f"{result.skipped} finished steps reused; open {paths.root / 'report.html'}",
         highlight=False,
     )
+    if report and (paths.root / "table2.md").exists():
+        console.print((paths.root / "table2.md").read_text().split("\n\n")[0], highlight=False, markup=False)
     for n in notes:
         console.print(f"  note: {n}", highlight=False)
     return result
@@ -706,10 +771,10 @@ def _ensure_simulated(data: Path, cfg: dict, console, n: int) -> None:
     if done.exists() and json.loads(done.read_text()).get("n_galaxies") == n:
         console.print(f"  simulated SDSS/DES pair found in {data} ({n} galaxies)", highlight=False)
         return
-    rate = float(cfg.get("estimate", {}).get("simulate_galaxies_per_s", 40.0))
+    sim_rate, _, _ = _rates(cfg)
     console.print(
         f"  simulating {n} galaxies seen by SDSS and DES into {data} "
-        f"(about {n / rate / 60:.1f} min) ...",
+        f"(about {n / sim_rate / 60:.1f} min) ...",
         highlight=False,
     )
     t0 = time.time()
@@ -732,39 +797,37 @@ def _labelled(store, rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _eta(t_start: float, job: int, total: int) -> str:
-    return f"{(time.time() - t_start) / 60:.1f} min elapsed"
-
-
-def _run_source_model(engine, task, cfg, splits, store, paths, console, job, total, result, progress, t_start, est):
+def _run_source_model(engine, task, cfg, splits, store, paths, console, head, result, progress, eta) -> bool:
     folder = paths.source_model(task)
     if _model_done(folder):
         result.skipped += 1
-        console.print(f"[{job}/{total}] {task} source model: done already ({folder})", highlight=False)
-        return
+        console.print(f"{head} {task} source model: done already ({folder})", highlight=False)
+        return False
     rows = _labelled(store, rows_of(splits, task, "source_train"))
     test_ids = set(rows_of(splits, task, "source_test")["id"]) | set(rows_of(splits, task, "target_test")["id"])
     assert_disjoint(rows["id"], test_ids, f"{task} source model")
+    recipe = make_recipe(cfg, "source", len(rows), 0, task)
     console.print(
-        f"[{job}/{total}] {task} source model: training on {len(rows)} {store.survey or 'source'} "
-        f"galaxies ({int(rows['label'].sum())} positive) - {_eta(t_start, job, total)}",
+        f"{head} {task} source model: training on {len(rows)} {store.survey or 'source'} galaxies "
+        f"({int(rows['label'].sum())} positive) [{eta}]",
         highlight=False,
     )
-    recipe = make_recipe(cfg, "source", len(rows), 0, task)
     engine.train_model(
         store, task, rows=rows, label_column="label", init=None, trainable="all", recipe=recipe,
         out=folder, card_extra={"study": {"experiment": "source", "role": "source_train"}},
         progress=progress,
     )
     result.trained += 1
+    return True
 
 
-def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, console, job, total, result, progress, split_seed, t_start):
+def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, console, head, result,
+                    progress, split_seed, eta) -> bool:
     folder = paths.experiment(exp)
     if _finished(folder):
         result.skipped += 1
-        console.print(f"[{job}/{total}] {exp.key} ({exp.title}): done already", highlight=False)
-        return
+        console.print(f"{head} {exp.key} ({exp.title}): done already", highlight=False)
+        return False
     own, seen, test = experiment_rows(exp, splits, split_seed)
     test_store = src_store if exp.test_on == "source" else tgt_store
     model = paths.model(exp)
@@ -772,8 +835,8 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
     if exp.trains and not _model_done(model):
         rows = _labelled(tgt_store, own)
         console.print(
-            f"[{job}/{total}] {exp.key} ({exp.title}): training on {len(rows)} target galaxies "
-            f"({int(rows['label'].sum())} positive) - {_eta(t_start, job, total)}",
+            f"{head} {exp.key} ({exp.title}): training on {len(rows)} {tgt_store.survey or 'target'} "
+            f"galaxies ({int(rows['label'].sum())} positive) [{eta}]",
             highlight=False,
         )
         init = paths.source_model(exp.task) if exp.init == "source" else (
@@ -788,7 +851,8 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
         result.trained += 1
     else:
         console.print(
-            f"[{job}/{total}] {exp.key} ({exp.title}): testing on {len(test)} galaxies",
+            f"{head} {exp.key} ({exp.title}): testing on {len(test)} "
+            f"{test_store.survey or exp.test_on} galaxies [{eta}]",
             highlight=False,
         )
     test_rows = _labelled(test_store, test)
@@ -825,6 +889,7 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
         json.dumps({**asdict(exp), "key": exp.key, "model": str(model), "n_test": len(preds),
                     "elapsed_s": round(time.time() - t0, 2)}, indent=2),
     )
+    return True
 
 
 def collect_predictions(paths: StudyPaths, experiments: list[Experiment]) -> pd.DataFrame:

@@ -322,8 +322,22 @@ def _lightning_module_class():
             # Keras class_weight: each galaxy's loss times its class weight, mean over the batch
             loss = (per_galaxy * w).mean()
             self.log("train_loss", loss.detach(), on_step=False, on_epoch=True,
-                     batch_size=len(y), sync_dist=False)
+                     batch_size=len(y), sync_dist=False, prog_bar=True)
             return loss
+
+        def on_train_epoch_start(self):
+            import time
+
+            self._t0, self._n_seen = time.perf_counter(), 0
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self._n_seen += len(batch[1])
+
+        def on_train_epoch_end(self):
+            import time
+
+            dt = time.perf_counter() - self._t0
+            self.log("train_img_per_s", self._n_seen / max(dt, 1e-9), on_epoch=True)
 
         def on_validation_epoch_start(self):
             self._val_sum, self._val_n = 0.0, 0
@@ -341,7 +355,7 @@ def _lightning_module_class():
                                device=self.device)
             tot = self.trainer.strategy.reduce(tot, reduce_op="sum")
             val_loss = float(tot[0] / max(float(tot[1]), 1.0))
-            self.log("val_loss", val_loss, on_epoch=True, sync_dist=False)
+            self.log("val_loss", val_loss, on_epoch=True, sync_dist=False, prog_bar=True)
             if self.trainer.sanity_checking:
                 return
             if val_loss < self.best_val_loss:
@@ -368,6 +382,18 @@ def _lightning_module_class():
             self.best_state = best.get("state")
 
     return DS18Module
+
+
+def _progress_bar():
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class Bar(RichProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)  # the CSV log's folder name, not a figure
+            return items
+
+    return Bar(leave=True)
 
 
 def _set_threads():
@@ -547,9 +573,7 @@ def train_model(
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min",
                                        patience=recipe.early_stopping_patience))
     if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(_progress_bar())
     trainer = L.Trainer(
         accelerator="auto",
         devices="auto",
@@ -564,7 +588,10 @@ def train_model(
         deterministic=False,
         default_root_dir=str(out),
     )
+    log_csv = out / LOG_DIR / "metrics.csv"
+    earlier = pd.read_csv(log_csv) if resume_from and log_csv.exists() else None
     trainer.fit(module, fit_loader, val_loader, ckpt_path=resume_from)
+    _tidy_log(out, earlier)
     if not trainer.is_global_zero:
         return out
 
@@ -614,6 +641,22 @@ def train_model(
     save_model(final, out, card)
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # 40 MB of optimiser state, not needed now
     return out
+
+
+def _tidy_log(out: Path, earlier: pd.DataFrame | None) -> None:
+    """log/metrics.csv (Lightning's, kept whole across a resume) -> training_log.csv, one row per epoch."""
+    log_csv = out / LOG_DIR / "metrics.csv"
+    if not log_csv.exists():
+        return
+    log = pd.read_csv(log_csv)
+    if earlier is not None and "epoch" in earlier.columns and len(log):
+        log = pd.concat([earlier[earlier["epoch"] < log["epoch"].min()], log], ignore_index=True)
+        log.to_csv(log_csv, index=False)
+    if "epoch" not in log.columns or log.empty:
+        return
+    per_epoch = log.drop(columns=[c for c in ("step",) if c in log.columns]).groupby("epoch").first()
+    per_epoch.index = per_epoch.index + 1  # epochs counted from 1, as in the card's best_epoch
+    per_epoch.to_csv(out / "training_log.csv")
 
 
 # ---- inference -------------------------------------------------------------------------------
@@ -816,3 +859,17 @@ def evaluate(
     out = res["thresholds"][0]
     out["n_excluded_training"] = res["n_excluded_training"]
     return out
+
+
+def select_split(store, split: str | None) -> pd.DataFrame | None:
+    """Catalogue rows whose ``split`` column equals ``split`` (None: every row, returned as None)."""
+    if split is None:
+        return None
+    cat = _open_store(store).catalog
+    if "split" not in cat.columns:
+        raise InputError(f"Store {store} has no 'split' column; drop --split or add one at ingest")
+    rows = cat[cat["split"].astype(str) == split]
+    if rows.empty:
+        values = sorted(cat["split"].astype(str).unique())[:10]
+        raise InputError(f"no galaxy of Store {store} has split {split!r}; its values: {values}")
+    return rows

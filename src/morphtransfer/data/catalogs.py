@@ -20,9 +20,14 @@ gz1                    Galaxy Zoo 1 classes (Lintott et al. 2008/2011), one clas
                        3 edge-on -> featured_or_disk and edge-on "yes". Classes 4 (don't know)
                        and 5 (merger) carry no Q1/Q2 information and are dropped (counted in
                        ``catalog.attrs["dropped"]``). No bar question (Q3 has no labels).
+                       No R90 column: the GZ1 SkyServer cutouts were requested at a pixel scale
+                       proportional to each galaxy's Petrosian size (Lintott et al. 2008), so each
+                       image already spans a fixed multiple of the galaxy (checked on 40 images:
+                       the r-channel half-light radius is 36 px median, 31-50 px for 80 %, of
+                       423 px) and ingest uses the whole image.
 gz2                    Galaxy Zoo 2, Hart et al. 2016 (``dr7objid``) or Willett et al. 2013
-                       (``objid``, e.g. the Stripe 82 table 5): ``t01_smooth_or_features_a01_smooth``
-                       -> smooth, ``..._a02_features_or_disk`` -> featured_or_disk,
+                       (``objid``, e.g. the Stripe 82 table 5):
+                       ``t01_smooth_or_features_a01_smooth`` -> smooth, ``..._a02_features_or_disk`` -> featured_or_disk,
                        ``..._a03_star_or_artifact`` -> artifact; ``t02_edgeon_a04_yes`` /
                        ``_a05_no``; ``t03_bar_a06_bar`` / ``_a07_no_bar``. Raw ``_count`` columns;
                        fractions recomputed from them by default (``fractions="counts"``). NB: in
@@ -100,7 +105,8 @@ def _require(df: pd.DataFrame, cols: list[str], path, fmt: str, hint: str = "") 
         raise InputError(
             f"catalogue {path} lacks column(s) {missing} needed by --format {fmt}"
             + (f"; {hint}" if hint else "")
-            + f". Its columns start: {list(df.columns[:12])}. Check the format or rename the columns."
+            + f". Its columns start: {list(df.columns[:12])}. "
+            "Check the --format or rename the columns."
         )
 
 
@@ -290,7 +296,11 @@ def gzdecals(path) -> pd.DataFrame:
 
 # --- Kaggle Galaxy Zoo challenge ------------------------------------------------------------
 KAGGLE_MAP = {
-    "smooth_or_featured": {"smooth": "Class1.1", "featured_or_disk": "Class1.2", "artifact": "Class1.3"},
+    "smooth_or_featured": {
+        "smooth": "Class1.1",
+        "featured_or_disk": "Class1.2",
+        "artifact": "Class1.3",
+    },
     "disk_edge_on": {"yes": "Class2.1", "no": "Class2.2"},
     "bar": {"yes": "Class3.1", "no": "Class3.2"},
 }
@@ -305,7 +315,10 @@ def kaggle(path, assumed_votes: int = KAGGLE_ASSUMED_VOTES) -> pd.DataFrame:
     out["file"] = out["id"] + ".jpg"
     for q, answers in KAGGLE_MAP.items():
         qq = QUESTIONS[q]
-        cum = {a: pd.to_numeric(df[c], errors="coerce").fillna(0).to_numpy() for a, c in answers.items()}
+        cum = {
+            a: pd.to_numeric(df[c], errors="coerce").fillna(0).to_numpy()
+            for a, c in answers.items()
+        }
         reached = sum(cum.values())
         total = np.zeros(len(df), dtype="int64")
         for a in qq.answers:

@@ -103,7 +103,8 @@ def cutout_url(
 # --- validation -------------------------------------------------------------------------------
 def _looks_like_html(body: bytes) -> bool:
     head = body[:512].lstrip().lower()
-    return head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in head
+    starts = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")
+    return head.startswith(starts) or b"<html" in head
 
 
 def validate_jpeg(body: bytes, expected_size: int | None = None) -> None:
@@ -125,7 +126,9 @@ def validate_jpeg(body: bytes, expected_size: int | None = None) -> None:
         raise InvalidResponse(f"JPEG is {size}, expected {expected_size} x {expected_size}")
 
 
-def validate_fits(body: bytes, n_bands: int | None = None, expected_size: int | None = None) -> None:
+def validate_fits(
+    body: bytes, n_bands: int | None = None, expected_size: int | None = None
+) -> None:
     if _looks_like_html(body):
         raise InvalidResponse("an HTML page, not FITS (the service returned an error page)")
     if not body.startswith(b"SIMPLE  ="):
@@ -244,7 +247,13 @@ def download(
     survey: sdss (SkyServer JPEG) | des | decals (Legacy Survey FITS, layer from the Survey table).
     base_url: replace the service address (a mirror, or a local test server).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from morphtransfer.data.catalogs import load_catalog
 

@@ -63,10 +63,9 @@ class _Config:
 
 
 @dataclass
-class IngestResult:
-    """What one ingest call did (also stored in the Store's store.json under "ingest")."""
+class IngestReport:
+    """What one ingest call did; attached to the returned Store as ``store.ingest_report``."""
 
-    store: Store
     n_ingested: int = 0
     n_rejected: int = 0
     n_skipped: int = 0  # already in the Store / rejects (resume)
@@ -136,7 +135,7 @@ def _worker_init() -> None:
 
 
 def _process_batch(tasks: list[tuple[int, str, float, float | None]], cfg: _Config):
-    """Worker: [(position, path, r90, pixel scale)] -> (positions ok, images, crop rules, rejects)."""
+    """Worker: [(position, path, r90, pixel scale)] -> (ok positions, images, crops, rejects)."""
     ok, imgs, rules, rejects = [], [], [], []
     for pos, path, r90, scale in tasks:
         try:
@@ -205,7 +204,7 @@ def ingest(
     catalog_options: dict | None = None,
     jpeg_draft: bool = True,
     progress: bool = True,
-) -> IngestResult:
+) -> Store:
     """Ingest cutouts + a Galaxy Zoo catalogue into the Store at ``out`` (created or resumed).
 
     images: folder of cutouts (catalogue ``file`` paths are relative to it; a file not at that
@@ -221,6 +220,9 @@ def ingest(
         per galaxy; FITS take it from their WCS. Unknown -> the whole image is used.
     r90_column: catalogue column with R90 in arcsec (adapters put petro_th90 there).
     limit: ingest at most this many catalogue rows (quick checks).
+
+    Returns the Store; ``store.ingest_report`` (IngestReport) says how many galaxies were
+    ingested, rejected (and why), skipped on resume and dropped by the catalogue adapter.
     """
     from rich.progress import (
         BarColumn,
@@ -300,7 +302,7 @@ def ingest(
     old_rejects = writer.store().rejects()
     done_ids |= set(old_rejects["id"].astype(str)) if len(old_rejects) else set()
 
-    result = IngestResult(store=None, n_dropped_by_catalog=n_dropped)  # type: ignore[arg-type]
+    result = IngestReport(n_dropped_by_catalog=n_dropped)
     reasons: dict[str, int] = {}
 
     def add_rejects(records: list[dict]) -> None:
@@ -330,7 +332,9 @@ def ingest(
                 "no image file in the catalogue" if not cat.at[i, "file"]
                 else f"image file {cat.at[i, 'file']} not found under {images_dir}"
             )
-            pending_rejects.append({"id": cat.at[i, "id"], "file": cat.at[i, "file"], "reason": reason})
+            pending_rejects.append(
+                {"id": cat.at[i, "id"], "file": cat.at[i, "file"], "reason": reason}
+            )
             continue
         sc = float(scales[i])
         tasks.append((int(i), path, float(r90[i]), sc if np.isfinite(sc) else None))
@@ -373,7 +377,9 @@ def ingest(
                 commit(_process_batch(b, cfg))
                 advance(len(b))
         else:
-            ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+            # forkserver: no fork of a parent that holds zarr/BLAS threads
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            ctx = mp.get_context(method)
             # Results are committed in submission order, so the Store's rows follow the catalogue
             # and an interruption leaves a clean prefix (plus rejects) behind.
             with ProcessPoolExecutor(
@@ -394,14 +400,15 @@ def ingest(
                         commit(fut.result())
                         advance(n)
                 except BaseException:
-                    for f, _ in futures:
-                        f.cancel()
+                    # Ctrl-C or a crash: committed batches stay; queued work is dropped at once
+                    pool.shutdown(wait=False, cancel_futures=True)
                     raise
 
     result.seconds = time.perf_counter() - t0
     result.reject_reasons = reasons
-    result.store = Store(out)
-    return result
+    store = Store(out)
+    store.ingest_report = result  # type: ignore[attr-defined]
+    return store
 
 
 def parse_bands(text: str | None) -> tuple[str, ...] | None:
@@ -410,3 +417,81 @@ def parse_bands(text: str | None) -> tuple[str, ...] | None:
         return None
     t = str(text).replace(" ", "")
     return tuple(t.split(",")) if "," in t else tuple(t)
+
+
+def check_figure(
+    store: str | os.PathLike | Store,
+    out_png: str | os.PathLike,
+    n: int = 8,
+    seed: int = 0,
+    label_task: str | None = "Q1",
+) -> pd.DataFrame:
+    """A PNG of n galaxies: the original cutout next to its bands x 69 x 69 model input.
+
+    The model input is shown as a colour picture with the Store's bands reversed into R, G, B
+    (g,r,i -> B,G,R, as the SkyServer composites) and each band at its own maximum = 1, exactly
+    the values the network sees. Writes ``<out_png stem>.csv``: the table the figure was drawn
+    from (id, file, label, per-band maxima of the original). Returns that table.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from morphtransfer.tasks import robust_labels
+
+    s = store if isinstance(store, Store) else Store(store)
+    cat = s.catalog
+    if len(cat) == 0:
+        raise InputError(f"Store {s.path} is empty; nothing to show")
+    root = Path(s.meta.get("ingest", {}).get("images", "."))
+    rng = np.random.default_rng(seed)
+    labels = None
+    if label_task:
+        try:
+            labels = robust_labels(cat, label_task)
+        except InputError:
+            labels = None
+    if labels is not None and (labels >= 0).any():
+        # half of each class when there are labels, so both kinds of galaxy are shown
+        picks = []
+        for v in (0, 1):
+            pool = np.nonzero(labels.to_numpy() == v)[0]
+            picks += list(rng.choice(pool, size=min(len(pool), n // 2), replace=False))
+        rows = cat.iloc[sorted(picks)]
+    else:
+        rows = cat.iloc[sorted(rng.choice(len(cat), size=min(n, len(cat)), replace=False))]
+    imgs = s.read_images(rows["image_index"].to_numpy())
+    fig, axes = plt.subplots(2, len(rows), figsize=(2.0 * len(rows), 4.3), squeeze=False)
+    records = []
+    for k, ((_, row), img) in enumerate(zip(rows.iterrows(), imgs)):
+        path = root / str(row.get("file", ""))
+        ax = axes[0, k]
+        if path.exists() and path.suffix.lower() in IMAGE_SUFFIXES:
+            orig = np.asarray(Image.open(path).convert("RGB"))
+            ax.imshow(orig)
+            ax.set_title(f"{orig.shape[1]}x{orig.shape[0]} original", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "original\nnot shown", ha="center", va="center", fontsize=7)
+        ax.axis("off")
+        rgb = np.clip(img[::-1].transpose(1, 2, 0), 0, 1)  # bands blue->red into B,G,R
+        lab = int(labels.loc[row.name]) if labels is not None else -1
+        names = {1: "features/disk", 0: "smooth", -1: "no label"}
+        name = names[lab] if label_task == "Q1" else str(lab)
+        axes[1, k].imshow(rgb, interpolation="nearest")
+        axes[1, k].set_title(f"69x69 input\n{label_task}: {name}", fontsize=7)
+        axes[1, k].axis("off")
+        records.append({"id": row["id"], "file": str(row.get("file", "")), "label": lab,
+                        "crop_rule": row.get("crop_rule", ""),
+                        **{f"mean_{b}": float(img[i].mean()) for i, b in enumerate(s.bands)}})
+    fig.suptitle(f"{s.path.name}: real cutouts (top) and model inputs (bottom), bands "
+                 f"{','.join(s.bands)}", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    table = pd.DataFrame(records)
+    table.to_csv(out_png.with_suffix(".csv"), index=False)
+    return table

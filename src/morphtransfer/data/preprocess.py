@@ -50,7 +50,7 @@ def _area_weights_cached(n_in: int, size: int, lo: float, hi: float) -> np.ndarr
 
 
 def area_weights(n_in: int, size: int, lo: float = 0.0, hi: float | None = None) -> np.ndarray:
-    """(size, n_in) matrix averaging the input interval [lo, hi) (pixel units) into ``size`` bins."""
+    """(size, n_in) matrix averaging the input interval [lo, hi) (pixels) into ``size`` bins."""
     hi = float(n_in) if hi is None else float(hi)
     lo = float(lo)
     if not (0.0 <= lo < hi <= n_in):
@@ -105,7 +105,8 @@ def crop_box(
     if not ok:
         # the whole image, or its central square when it is not square (no distortion)
         side = float(min(h, w))
-        return (h / 2.0 - side / 2.0, h / 2.0 + side / 2.0, w / 2.0 - side / 2.0, w / 2.0 + side / 2.0)
+        cy, cx, half = h / 2.0, w / 2.0, side / 2.0
+        return (cy - half, cy + half, cx - half, cx + half)
     side = crop_factor * float(r90_arcsec) / float(pixel_scale_arcsec)
     half_y = min(side, h) / 2.0
     half_x = min(side, w) / 2.0
@@ -114,11 +115,13 @@ def crop_box(
 
 
 def normalise_per_band(cutout: np.ndarray, ids: str = "") -> np.ndarray:
-    """Divide each band by its own maximum; a band whose maximum is not > 0 is a per-galaxy error."""
+    """Divide each band by its own maximum; a band with no positive pixel is a per-galaxy error."""
     peak = cutout.reshape(cutout.shape[0], -1).max(axis=1)
     if not np.all(peak > 0):
         bad = [int(b) for b in np.nonzero(~(peak > 0))[0]]
-        raise PreprocessError(f"band(s) {bad} are all zero or negative{ids}: no signal to normalise")
+        raise PreprocessError(
+            f"band(s) {bad} are all zero or negative{ids}: no signal to normalise"
+        )
     return (cutout / peak[:, None, None]).astype(np.float32, copy=False)
 
 

@@ -230,7 +230,9 @@ def read_fits_cube(
         )
     if len(names) != n:
         raise ReadError(f"{path}: {n} planes but {len(names)} band names {list(names)}")
-    scale = pixel_scale_arcsec if pixel_scale_arcsec is not None else _pixel_scale_from_header(header)
+    scale = pixel_scale_arcsec
+    if scale is None:
+        scale = _pixel_scale_from_header(header)
     cut = Cutout(np.ascontiguousarray(data), tuple(names), scale, str(path))
     return cut.select(bands) if bands is not None else cut
 

@@ -7,7 +7,7 @@ seed always gives the same population.
 Two families, as the study's SDSS main sample (Dominguez Sanchez et al. 2018/2019):
 
 - smooth galaxies: one Sersic profile (n 2.5-6), axis ratio 0.5-1, with a minority of elongated
-  "cigars" (0.25-0.5) that confuse the edge-on question, red colours;
+  "cigars" (0.3-0.5) that confuse the edge-on question, red colours;
 - disk galaxies: a thick exponential disk (inclination uniform in cos i), a Sersic bulge
   (B/T 0-0.6, redder than the disk), spiral arms made of knots along logarithmic spirals (strength
   and pitch angle drawn per galaxy), star-forming clumps, and in a fraction of disks a bar (length
@@ -58,7 +58,10 @@ DISK_FRACTION = 0.50
 BAR_FRACTION = 0.35
 # Disks with spiral arms (the rest are lenticular-like, arm-less).
 ARMS_FRACTION = 0.75
-CIGAR_FRACTION = 0.15
+# Elongated smooth galaxies ("cigars", GZ2 T07 answer): observed axis ratios of ellipticals rarely
+# fall below ~0.3 (E7 is the flattest Hubble type).
+CIGAR_FRACTION = 0.10
+CIGAR_Q_MIN = 0.3
 
 # Colours (g-r, r-i, r-z) of the components, rest-frame-ish SDSS values: red sequence g-r ~0.75,
 # r-i ~0.40 (Strateva et al. 2001); star-forming disks g-r ~0.5; young star-forming knots ~0.3.
@@ -334,7 +337,7 @@ def draw_galaxy(seed: int, index: int) -> Galaxy:
         r50_target = 10**log_r * kpc
         n = quantise_sersic_n(rng.uniform(2.5, 6.0))
         cigar = rng.uniform() < CIGAR_FRACTION
-        q = float(rng.uniform(0.25, 0.5) if cigar else rng.uniform(0.5, 1.0))
+        q = float(rng.uniform(CIGAR_Q_MIN, 0.5) if cigar else rng.uniform(0.5, 1.0))
         f_p, r50, r90 = petrosian_quantities([(1.0, n, 1.0)])
         hlr = r50_target / r50  # the size relation is in Petrosian R50
         g = Galaxy(

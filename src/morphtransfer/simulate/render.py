@@ -20,9 +20,11 @@ survey's electrons per nanomaggy (``Survey.sky_noise_per_pixel``, ``electrons_pe
 
 Large galaxies: a cutout of 10 x R90 can span many hundreds of DES pixels. Above
 ``MAX_STAMP_PIXELS`` the stamp is drawn with pixels an integer multiple ``binning`` of the survey's
-pixel (sky variance binning^2 times larger): exactly the sum of binning x binning survey pixels, so
-the result has the same statistics as drawing at the native scale and binning, and the 69 x 69
-model input, which is coarser still, is unchanged in kind.
+pixel (sky variance binning^2 times larger): the sum of binning x binning survey pixels, so the
+result has the statistics of drawing at the native scale and binning, and the 69 x 69 model input,
+which is coarser still, is unchanged in kind. The k-grid stops at the binned pixel's Nyquist
+frequency, so binning is allowed only as far as the sharpest PSF stays sampled there
+(``max_binning``: PSF x pixel transform < 5% at Nyquist); past that the stamp grows instead.
 
 Visibility of features (read by the volunteers): each feature's image alone (noise-free, with the
 survey's PSF and pixels) is compared with the image's noise plus a contrast floor that stands for
@@ -59,6 +61,9 @@ GSPARAMS = galsim.GSParams(folding_threshold=1e-2, maxk_threshold=1e-3, kvalue_a
 # What a human can tell apart on a galaxy image, as a fraction of the local surface brightness
 # per PSF beam (tuned so that label rates match the study; see volunteers.py).
 CONTRAST_FLOOR = 0.10
+# PSF x pixel amplitude allowed at the Nyquist frequency of a binned render pixel (the k-grid is
+# cut there; see max_binning).
+NYQUIST_AMPLITUDE = 0.05
 # Isophote for the apparent axis ratio, in sky sigmas per survey pixel.
 ISOPHOTE_SIGMA = 2.0
 # Colours: index in (g-r, r-i, r-z) per band, relative to r.
@@ -74,25 +79,42 @@ class StampGeometry:
     fft_size: int  # even FFT grid side (padding keeps the galaxy's wings from wrapping)
 
 
+def max_binning(survey: Survey, fwhm_min_arcsec: float) -> int:
+    """Largest pixel binning that still samples the sharpest PSF: the PSF x pixel transform at the
+    Nyquist frequency stays below NYQUIST_AMPLITUDE, so cutting the k-grid there (no aliased
+    power folded back) leaves no visible ringing."""
+    sigma = fwhm_min_arcsec * FWHM_TO_SIGMA
+    # amplitude at k_N = pi / P: sinc(1/2) exp(-(sigma pi / P)^2 / 2) <= NYQUIST_AMPLITUDE
+    x = math.sqrt(2 * math.log(np.sinc(0.5) / NYQUIST_AMPLITUDE))
+    p_max = math.pi * sigma / x
+    return max(1, int(p_max / survey.pixel_scale_arcsec))
+
+
 def stamp_geometry(
     survey: Survey,
     r90_arcsec: float,
     cutout_r90: float = CUTOUT_R90,
     max_pixels: int = MAX_STAMP_PIXELS,
     fwhm_arcsec: float | None = None,
+    fwhm_min_arcsec: float | None = None,
 ) -> StampGeometry:
+    """Cutout of ``cutout_r90`` x R90 on a side; pixels binned when the stamp would exceed
+    ``max_pixels``, as far as the sharpest PSF (``fwhm_min_arcsec``) stays sampled."""
     if not (r90_arcsec > 0) or not math.isfinite(r90_arcsec):
         raise InputError(f"R90 = {r90_arcsec} arcsec must be a positive number")
     side = cutout_r90 * r90_arcsec
     pix = survey.pixel_scale_arcsec
     n_native = max(int(round(side / pix)), MIN_STAMP_PIXELS)
-    binning = max(1, math.ceil(n_native / max_pixels))
+    fwhm_min = fwhm_min_arcsec or min(b.fwhm_arcsec for b in survey.bands)
+    binning = min(max(1, math.ceil(n_native / max_pixels)), max_binning(survey, fwhm_min))
     scale = pix * binning
     n = max(int(round(side / scale)), MIN_STAMP_PIXELS)
     n += (n + 1) % 2  # odd: the galaxy centre is a pixel centre, rot90 is exact
     fwhm = fwhm_arcsec or max(b.fwhm_arcsec for b in survey.bands)
     pad = 2 * math.ceil(3 * fwhm * FWHM_TO_SIGMA / scale)
-    m = scipy.fft.next_fast_len(max(int(1.25 * n), n + pad), real=True)
+    # Light beyond the cutout (at 5 R90 from the centre: < 3% even for n = 6) wraps around the
+    # periodic FFT grid spread thin; only the PSF's reach is padded.
+    m = scipy.fft.next_fast_len(n + pad, real=True)
     while m % 2:
         m = scipy.fft.next_fast_len(m + 1, real=True)
     return StampGeometry(n, scale, binning, n * scale, m)
@@ -212,7 +234,7 @@ def band_flux(g: Galaxy, component: str, flux_r: float, band: str) -> float:
     return flux_r * 10 ** (-0.4 * sign * colour)
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=64)
 def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights: each output pixel is the area-weighted mean of the input pixels it
     overlaps (works for shrinking and enlarging)."""
@@ -294,7 +316,8 @@ def add_noise(
     for j, b in enumerate(bands):
         sky_var = (binning * survey.sky_noise_per_pixel(b)) ** 2
         var = sky_var + np.clip(models[j], 0, None) / survey.electrons_per_nanomaggy(b)
-        noisy[j] = models[j] + rng.standard_normal(models[j].shape) * np.sqrt(var)
+        noise = rng.standard_normal(models[j].shape, dtype=np.float32)
+        noisy[j] = models[j] + noise * np.sqrt(var)
     return noisy
 
 
@@ -340,7 +363,7 @@ def observe(
     bands = survey.band_names
     psf_fwhm = draw_psf_fwhm(survey, rng)
     geom = stamp_geometry(survey, g.r90_arcsec, max_pixels=max_pixels,
-                          fwhm_arcsec=max(psf_fwhm.values()))
+                          fwhm_arcsec=max(psf_fwhm.values()), fwhm_min_arcsec=min(psf_fwhm.values()))
     grid = KGrid(geom)
     kims = component_kimages(g, grid)
     comp_r = g.component_fluxes_r()
