@@ -181,8 +181,10 @@ def test_catalog_selects_galaxies_and_unknown_ids_go_to_rejects(setup, parquet_r
 
 def test_mc_dropout_std_is_reproducible_and_p_unchanged(setup, parquet_run, tmp_path):
     root, store, models = setup
-    _, full = parquet_run
-    kw = dict(store=store, shard_size=50, progress=False, mc_dropout=4)
+    full = parquet_run[1].iloc[:40]
+    pd.DataFrame({"id": full["id"]}).to_csv(tmp_path / "first40.csv", index=False)
+    kw = dict(store=store, catalog=tmp_path / "first40.csv", shard_size=16, progress=False,
+              mc_dropout=4)
     a = pd.read_parquet(predict_catalog(models[:1], tmp_path / "a.parquet", **kw))
     b = pd.read_parquet(predict_catalog(models[:1], tmp_path / "b.parquet", **kw))
     c = pd.read_parquet(predict_catalog(models[:1], tmp_path / "c.parquet", seed=1, **kw))
@@ -246,7 +248,7 @@ def test_images_folder_with_unreadable_and_wrong_shape_files(setup, tmp_path):
 
 def test_killed_run_resumes_to_the_same_catalogue(tmp_path):
     """SIGKILL a CLI run once some shards are committed; the rerun finishes every galaxy once."""
-    n, shard = 640, 32
+    n, shard = 384, 24
     store = _make_store(tmp_path / "store", n, seed=5)
     models = _make_models(tmp_path, tasks=("Q1",))
     out = tmp_path / "killed.parquet"

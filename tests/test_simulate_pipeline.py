@@ -119,8 +119,9 @@ def test_label_rates_land_in_plausible_ranges(tmp_path):
     q1 = robust_labels(des, "Q1")
     assert des.loc[q1 == 1, "true_disk"].mean() > 0.8
     assert des.loc[(q1 == 1) & ~des["true_disk"], "true_cigar"].mean() > 0.7
+    # robust edge-on: ~88% true disks at 3000 galaxies (cigars the rest); ~30 here, so 3 sigma
     q2 = robust_labels(des, "Q2")
-    assert des.loc[q2 == 1, "true_disk"].mean() > 0.8
+    assert des.loc[q2 == 1, "true_disk"].mean() > 0.7
     # DES volunteers see more features than SDSS ones in the same galaxies
     feat = "smooth_or_featured_featured_or_disk_fraction"
     disks = des["true_disk"].to_numpy()

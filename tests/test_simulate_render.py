@@ -11,13 +11,25 @@ from morphtransfer.errors import InputError
 from morphtransfer.simulate.population import Galaxy, draw_galaxy, galaxy_rng
 from morphtransfer.simulate.render import (
     FWHM_TO_SIGMA,
+    KGrid,
+    knots_kimage,
     measure_shape,
     observe,
+    stamp_geometry,
     render_point_source,
-    resample_area,
 )
+from morphtransfer.data.preprocess import preprocess_cutout
 from morphtransfer.simulate.volunteers import VolunteerModel, draw_votes, vote_probabilities
 from morphtransfer.surveys import get_survey, mag_to_flux
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    # small matrix products on a shared 2-core machine: threads only oversubscribe
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
 
 
 def _moments(img):
@@ -123,10 +135,10 @@ def test_des_image_has_higher_signal_to_noise_than_sdss():
 
 def test_faint_features_are_more_visible_in_des_than_in_sdss():
     gals = [draw_galaxy(0, i) for i in range(160)]
-    barred = [g for g in gals if g.bar and g.inclination_deg < 70][:12]
-    armed = [g for g in gals if g.arm_strength > 0 and g.inclination_deg < 70][:12]
-    thin = [g for g in gals if g.true_edge_on][:10]
-    assert len(barred) >= 6 and len(armed) >= 6 and len(thin) >= 5
+    barred = [g for g in gals if g.bar and g.inclination_deg < 70][:8]
+    armed = [g for g in gals if g.arm_strength > 0 and g.inclination_deg < 70][:8]
+    thin = [g for g in gals if g.true_edge_on][:6]
+    assert len(barred) == 8 and len(armed) == 8 and len(thin) == 6
 
     def vis(g, name, key):
         return observe(g, name, galaxy_rng(0, g.index, 7)).visibility[key]
@@ -134,23 +146,38 @@ def test_faint_features_are_more_visible_in_des_than_in_sdss():
     bar_ratio = [vis(g, "des", "vis_bar") / vis(g, "sdss", "vis_bar") for g in barred]
     arm_ratio = [vis(g, "des", "vis_arms") / vis(g, "sdss", "vis_arms") for g in armed]
     q_diff = [vis(g, "sdss", "vis_axis_ratio") - vis(g, "des", "vis_axis_ratio") for g in thin]
-    assert np.median(bar_ratio) > 1.2 and np.mean(np.array(bar_ratio) > 1) >= 0.8
-    assert np.median(arm_ratio) > 1.5 and np.mean(np.array(arm_ratio) > 1) >= 0.8
+    assert np.median(bar_ratio) > 1.2 and np.mean(np.array(bar_ratio) > 1) >= 0.75
+    assert np.median(arm_ratio) > 1.5 and np.mean(np.array(arm_ratio) > 1) >= 0.75
     assert np.median(q_diff) > 0.01  # thin disks look thinner in DES (seeing, depth)
 
 
-def test_model_input_shape_range_and_area_resampling():
+def test_model_input_is_the_studys_preprocessing_of_the_survey_stamp():
     g = draw_galaxy(0, 5)
-    obs = observe(g, "sdss", np.random.default_rng(0))
+    obs = observe(g, "sdss", np.random.default_rng(0), keep_stamps=True)
     assert obs.images.shape == (3, 69, 69) and obs.images.dtype == np.float32
     assert np.allclose(obs.images.max(axis=(1, 2)), 1.0)
-    # area averaging preserves the mean (flux per unit area) for any input size
-    x = np.random.default_rng(0).random((3, 131, 131))
-    assert resample_area(x).mean() == pytest.approx(x.mean(), rel=1e-9)
-    assert resample_area(np.ones((40, 40))).shape == (69, 69)
-    # a 138-pixel image whose 2x2 blocks are constant is reproduced exactly
-    small = np.random.default_rng(1).random((69, 69))
-    assert np.allclose(resample_area(np.kron(small, np.ones((2, 2)))), small)
+    # crop 10 x R90 of the stamp, area-average to 69 x 69, each band / its max (shared code)
+    assert obs.geometry.cutout_arcsec == pytest.approx(10 * g.r90_arcsec)
+    assert obs.geometry.n_pix * obs.geometry.pixel_scale_arcsec > obs.geometry.cutout_arcsec
+    again = preprocess_cutout(obs.stamps, obs.geometry.pixel_scale_arcsec, g.r90_arcsec)
+    assert np.allclose(again, obs.images, atol=1e-6)
+
+
+def test_arm_knots_and_bar_follow_the_disk_projection():
+    """Knots and bar live in the disk plane: a ring of knots in an inclined disk projects to an
+    ellipse with the disk's axis ratio and position angle."""
+    g = _first(lambda g: g.disk and g.arm_strength > 0)
+    t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+    ring = np.stack([3 * np.cos(t), 3 * np.sin(t)], axis=1)
+    g = dataclasses.replace(g, inclination_deg=70.0, position_angle_deg=40.0, knot_xy=ring,
+                            knot_weights=np.full(60, 1 / 60), r90_arcsec=max(g.r90_arcsec, 6.0))
+    geom = stamp_geometry(get_survey("des"), g.r90_arcsec)
+    grid = KGrid(geom)
+    img = grid.to_stamp(knots_kimage(g, grid) * grid.gaussian_psf(1.0) * grid.pixel)
+    q, angle = measure_shape(img, threshold=0.0)
+    assert img.sum() == pytest.approx(1.0, rel=1e-3)
+    assert abs(angle - 40.0) < 2.0
+    assert q == pytest.approx(g.projected_cos, abs=0.06)
 
 
 def test_bad_parameters_raise_input_error():

@@ -273,7 +273,15 @@ def run_cmd(
     """The transfer study end to end: Table 2, Figure 2, the label-budget curves, report.html."""
     from morphtransfer.study import run_study
 
-    run_study(preset=preset, out=out, source=source, target=target, console=console)
+    try:
+        run_study(preset=preset, out=out, source=source, target=target, console=console)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/]: finished experiments are kept in {out}; run the same "
+            "command again to resume",
+            highlight=False,
+        )
+        raise typer.Exit(130)
 
 
 # ---- end run ------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ order is the same whether a run was interrupted or not.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
+import signal
 import time
 import zlib
 from collections import deque
@@ -47,15 +48,16 @@ def survey_stream(name: str) -> int:
     return _SURVEY_STREAMS.get(name, 1000 + zlib.crc32(name.encode()) % 100000)
 
 
-def _limit_threads() -> None:
-    # One BLAS/FFT thread per worker: the pool already uses every core, and oversubscription
-    # made the small matrix products 20x slower on a shared 2-core machine.
+def _limit_threads():
+    """One BLAS/OpenMP thread: the pool already uses every core, and oversubscription made the
+    small matrix products 20x slower on a shared 2-core machine. Returns the limiter (a context
+    manager that restores the caller's settings on exit)."""
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1)
+        return threadpool_limits(1)
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        pass
+        return contextlib.nullcontext()
 
 
 def simulate_galaxy(
@@ -112,6 +114,8 @@ def _render_batch(job):
 
 
 def _worker_init():
+    # Ctrl-C is the parent's to handle: it commits what finished and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads()
 
 
@@ -143,6 +147,111 @@ def _check_existing(path: Path, meta: dict) -> None:
                 f"{path} was simulated with {key}={old.get(key)!r}, not {meta.get(key)!r}; "
                 "resume with the same settings or write to a new --out folder"
             )
+
+
+def _noop() -> None:
+    return None
+
+
+def _run(pool, out, meta, n, survey_objs, seed, model, max_pixels, batch_size, commit_every,
+         progress):
+    """Open (or resume) the Stores, render what is missing, commit in galaxy order."""
+    names = tuple(sv.name for sv in survey_objs)
+    if pool is not None:
+        # fork every worker now, before any Store is opened (see simulate)
+        for f in [pool.submit(_noop) for _ in range(pool._max_workers)]:
+            f.result()
+    writers: dict[str, StoreWriter] = {}
+    for sv in survey_objs:
+        path = out / sv.name
+        _check_existing(path, meta)
+        writers[sv.name] = StoreWriter(
+            path, survey=sv.name, bands=list(sv.band_names), image_size=IMAGE_SIZE,
+            extra_meta={"simulation": {**meta, "n_requested": n}},
+        )
+    done = {s: w.existing_ids for s, w in writers.items()}
+    todo: list[tuple[int, tuple[str, ...]]] = []
+    for i in range(n):
+        gid = galaxy_id(i)
+        need = tuple(s for s in names if gid not in done[s])
+        if need:
+            todo.append((i, need))
+    del done
+    jobs = (
+        (
+            seed,
+            [i for i, _ in todo[k : k + batch_size]],
+            [need for _, need in todo[k : k + batch_size]],
+            model.as_dict(),
+            max_pixels,
+        )
+        for k in range(0, len(todo), batch_size)
+    )
+    t0 = time.perf_counter()
+    n_rendered = {s: 0 for s in names}
+    buffers: dict[str, list] = {s: [] for s in names}
+
+    def flush():
+        for s, items in buffers.items():
+            if not items:
+                continue
+            rows = add_fractions(pd.DataFrame([r for part, _ in items for r in part]))
+            imgs = np.concatenate([im for _, im in items])
+            writers[s].append(rows, imgs)
+            n_rendered[s] += len(rows)
+            buffers[s] = []
+
+    def take(result):
+        for s, (rows, imgs) in result.items():
+            buffers[s].append((rows, imgs))
+        if max(sum(len(r) for r, _ in b) for b in buffers.values()) >= commit_every:
+            flush()
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    prog = Progress(
+        TextColumn("simulate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("galaxies"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    )
+    with prog:
+        task = prog.add_task("simulate", total=n, completed=n - len(todo))
+        try:
+            if pool is None:
+                with _limit_threads():
+                    for job in jobs:
+                        take(_render_batch(job))
+                        prog.advance(task, len(job[1]))
+            else:
+                # bounded window of batches in flight, results taken in submission order:
+                # memory stays flat and commits are deterministic
+                pending: deque = deque()
+                max_in_flight = 2 * pool._max_workers + 1
+                for job in jobs:
+                    pending.append((pool.submit(_render_batch, job), len(job[1])))
+                    if len(pending) >= max_in_flight:
+                        break
+                while pending:
+                    fut, k = pending.popleft()
+                    take(fut.result())
+                    prog.advance(task, k)
+                    nxt = next(jobs, None)
+                    if nxt is not None:
+                        pending.append((pool.submit(_render_batch, nxt), len(nxt[1])))
+        finally:
+            flush()  # whatever finished is committed, also when interrupted
+    return n_rendered, t0
 
 
 def simulate(
@@ -196,92 +305,12 @@ def simulate(
     if workers > 1:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
-        for f in [pool.submit(_worker_init) for _ in range(workers)]:
-            f.result()  # start the workers now
-    writers: dict[str, StoreWriter] = {}
-    for sv in survey_objs:
-        path = out / sv.name
-        _check_existing(path, meta)
-        writers[sv.name] = StoreWriter(
-            path, survey=sv.name, bands=list(sv.band_names), image_size=IMAGE_SIZE,
-            extra_meta={"simulation": {**meta, "n_requested": int(n)}},
-        )
-    done = {s: w.existing_ids for s, w in writers.items()}
-    todo: list[tuple[int, tuple[str, ...]]] = []
-    for i in range(int(n)):
-        gid = galaxy_id(i)
-        need = tuple(s for s in names if gid not in done[s])
-        if need:
-            todo.append((i, need))
-    del done
-    jobs = [
-        (
-            int(seed),
-            [i for i, _ in todo[k : k + batch_size]],
-            [need for _, need in todo[k : k + batch_size]],
-            model.as_dict(),
-            int(max_pixels),
-        )
-        for k in range(0, len(todo), batch_size)
-    ]
-    t0 = time.perf_counter()
-    n_rendered = {s: 0 for s in names}
-    buffers: dict[str, list] = {s: [] for s in names}
-
-    def flush():
-        for s, items in buffers.items():
-            if not items:
-                continue
-            rows = add_fractions(pd.DataFrame([r for part, _ in items for r in part]))
-            imgs = np.concatenate([im for _, im in items])
-            writers[s].append(rows, imgs)
-            n_rendered[s] += len(rows)
-            buffers[s] = []
-
-    def take(result):
-        for s, (rows, imgs) in result.items():
-            buffers[s].append((rows, imgs))
-        if max(sum(len(r) for r, _ in b) for b in buffers.values()) >= commit_every:
-            flush()
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.progress import TimeElapsedColumn, TimeRemainingColumn
-
-    prog = Progress(
-        TextColumn("simulate"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("galaxies"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    )
-    with prog:
-        task = prog.add_task("simulate", total=int(n), completed=int(n) - len(todo))
-        try:
-            if workers <= 1:
-                _limit_threads()
-                for job in jobs:
-                    take(_render_batch(job))
-                    prog.advance(task, len(job[1]))
-            else:
-                with pool as ex:
-                    pending: deque = deque()
-                    it = iter(jobs)
-                    max_in_flight = 2 * workers + 1
-                    for job in it:
-                        pending.append((ex.submit(_render_batch, job), len(job[1])))
-                        if len(pending) >= max_in_flight:
-                            break
-                    while pending:
-                        fut, k = pending.popleft()
-                        take(fut.result())  # in submission order: deterministic commits
-                        prog.advance(task, k)
-                        nxt = next(it, None)
-                        if nxt is not None:
-                            pending.append((ex.submit(_render_batch, nxt), len(nxt[1])))
-        finally:
-            flush()  # whatever finished is committed, also when interrupted
+    try:
+        n_rendered, t0 = _run(pool, out, meta, int(n), survey_objs, int(seed), model,
+                              int(max_pixels), batch_size, commit_every, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     seconds = time.perf_counter() - t0
     result = SimulationResult(
         out=out,

@@ -52,7 +52,7 @@ LATE_SCATTER_DEX, EARLY_SCATTER_DEX = 0.20, 0.15
 
 # Mixture: fraction of true disks. Chosen (with the volunteer model) so that about 1/3 of the
 # robust Q1 galaxies of the DES sample are disks (the study's Table 1 / Section 2).
-DISK_FRACTION = 0.50
+DISK_FRACTION = 0.45
 # Optical bar fraction of disks ~30-50% (e.g. Masters et al. 2011, GZ2: ~30% of disks); bars
 # strong enough for volunteers are rarer, which the strength distribution below provides.
 BAR_FRACTION = 0.35
@@ -395,7 +395,7 @@ def draw_galaxy(seed: int, index: int) -> Galaxy:
         w_arm = rr * np.exp(-rr) * rng.lognormal(0, 0.35, len(rr))
         w_arm = w_arm / w_arm.sum() * arm_strength
         n_clumps = int(rng.integers(3, 12))
-        cr = rng.gamma(2.0, 0.8, n_clumps) + 0.3
+        cr = rng.gamma(2.0, 0.6, n_clumps) + 0.3  # clumps within ~3 scale radii
         cph = rng.uniform(0, 2 * math.pi, n_clumps)
         clump_xy = np.stack([cr * np.cos(cph), cr * np.sin(cph)], axis=1)
         w_cl = rng.lognormal(0, 0.5, n_clumps)

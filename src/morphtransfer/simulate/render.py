@@ -40,20 +40,20 @@ makes thin disks rounder, a shallower image loses their faint outer parts.
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import galsim
 import numpy as np
 import scipy.fft
 
+from morphtransfer.data.preprocess import CROP_FACTOR, IMAGE_SIZE, preprocess_cutout
 from morphtransfer.errors import InputError
 from morphtransfer.simulate.population import Galaxy
 from morphtransfer.surveys import FWHM_TO_SIGMA, Survey, get_survey
 
-MODEL_SIZE = 69  # the study's input: 69 x 69 pixels per band
-CUTOUT_R90 = 10.0  # cutout side in units of R90 (brief of the study's preprocessing)
+MODEL_SIZE = IMAGE_SIZE  # the study's input: 69 x 69 pixels per band
+CUTOUT_R90 = CROP_FACTOR  # cutout side in units of R90, shared with the real-data preprocessing
 MAX_STAMP_PIXELS = 161  # above this the stamp is drawn with binned pixels (see module doc)
 MIN_STAMP_PIXELS = 25
 # Thresholds only for GalSim's internal Sersic tables; the grid itself is set by the stamp.
@@ -75,8 +75,8 @@ class StampGeometry:
     n_pix: int  # stamp side in render pixels (odd, galaxy on the central pixel)
     pixel_scale_arcsec: float  # render pixel = survey pixel x binning
     binning: int
-    cutout_arcsec: float
-    fft_size: int  # even FFT grid side (padding keeps the galaxy's wings from wrapping)
+    cutout_arcsec: float  # side of the model-input crop (the stamp is a little larger)
+    fft_size: int  # even FFT grid side (padded by the PSF's reach)
 
 
 def max_binning(survey: Survey, fwhm_min_arcsec: float) -> int:
@@ -108,7 +108,8 @@ def stamp_geometry(
     fwhm_min = fwhm_min_arcsec or min(b.fwhm_arcsec for b in survey.bands)
     binning = min(max(1, math.ceil(n_native / max_pixels)), max_binning(survey, fwhm_min))
     scale = pix * binning
-    n = max(int(round(side / scale)), MIN_STAMP_PIXELS)
+    # a pixel of margin each side: the exact (fractional) crop lies inside the stamp
+    n = max(int(math.ceil(side / scale)) + 2, MIN_STAMP_PIXELS)
     n += (n + 1) % 2  # odd: the galaxy centre is a pixel centre, rot90 is exact
     fwhm = fwhm_arcsec or max(b.fwhm_arcsec for b in survey.bands)
     pad = 2 * math.ceil(3 * fwhm * FWHM_TO_SIGMA / scale)
@@ -117,7 +118,7 @@ def stamp_geometry(
     m = scipy.fft.next_fast_len(n + pad, real=True)
     while m % 2:
         m = scipy.fft.next_fast_len(m + 1, real=True)
-    return StampGeometry(n, scale, binning, n * scale, m)
+    return StampGeometry(n, scale, binning, side, m)
 
 
 class KGrid:
@@ -234,30 +235,6 @@ def band_flux(g: Galaxy, component: str, flux_r: float, band: str) -> float:
     return flux_r * 10 ** (-0.4 * sign * colour)
 
 
-@functools.lru_cache(maxsize=64)
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights: each output pixel is the area-weighted mean of the input pixels it
-    overlaps (works for shrinking and enlarging)."""
-    edges_out = np.linspace(0, n_in, n_out + 1)
-    lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
-    hi = np.minimum(edges_out[1:, None], np.arange(n_in)[None, :] + 1)
-    w = np.clip(hi - lo, 0, None)
-    return w / w.sum(axis=1, keepdims=True)
-
-
-def resample_area(image: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
-    """Area-average a (..., n, n) image to (..., size, size), the study's resampling."""
-    n_y, n_x = image.shape[-2:]
-    wy, wx = _area_matrix(n_y, size), _area_matrix(n_x, size)
-    return wy @ image @ wx.T
-
-
-def normalise_bands(images: np.ndarray) -> np.ndarray:
-    """Divide each band by its own maximum (the study's preprocessing)."""
-    mx = images.max(axis=(-2, -1), keepdims=True)
-    return images / np.where(mx > 0, mx, 1.0)
-
-
 @dataclass
 class Observation:
     """One galaxy seen by one survey."""
@@ -270,7 +247,6 @@ class Observation:
     snr_r: float
     stamps: np.ndarray | None = None  # (bands, n, n) noisy pixel fluxes, nanomaggies
     models: np.ndarray | None = None  # noise-free
-    extra: dict = field(default_factory=dict)
 
     def catalog_row(self) -> dict:
         row = {f"psf_fwhm_{b}_arcsec": v for b, v in self.psf_fwhm_arcsec.items()}
@@ -356,13 +332,14 @@ def observe(
     model_size: int = MODEL_SIZE,
     max_pixels: int = MAX_STAMP_PIXELS,
     contrast_floor: float = CONTRAST_FLOOR,
+    cutout_r90: float = CUTOUT_R90,
 ) -> Observation:
     """Render galaxy ``g`` in ``survey``: (bands, model_size, model_size) model input plus the
     per-survey visibility of its features."""
     survey = get_survey(survey) if isinstance(survey, str) else survey
     bands = survey.band_names
     psf_fwhm = draw_psf_fwhm(survey, rng)
-    geom = stamp_geometry(survey, g.r90_arcsec, max_pixels=max_pixels,
+    geom = stamp_geometry(survey, g.r90_arcsec, cutout_r90=cutout_r90, max_pixels=max_pixels,
                           fwhm_arcsec=max(psf_fwhm.values()), fwhm_min_arcsec=min(psf_fwhm.values()))
     grid = KGrid(geom)
     kims = component_kimages(g, grid)
@@ -370,7 +347,10 @@ def observe(
     fluxes = {b: {c: band_flux(g, c, comp_r[c], b) for c in kims} for b in bands}
     models = render_kimages(kims, fluxes, grid, psf_fwhm)
     noisy = add_noise(models, survey, bands, geom.binning, rng)
-    images = normalise_bands(resample_area(noisy, model_size)).astype(np.float32)
+    # the study's preprocessing, shared with real data: crop 10 x R90 (fractional edges),
+    # area-average to 69 x 69, each band / its maximum
+    images = preprocess_cutout(noisy, geom.pixel_scale_arcsec, g.r90_arcsec, size=model_size,
+                               crop_factor=cutout_r90)
 
     # --- visibility, measured in the band nearest r -------------------------------------------
     jr = bands.index("r") if "r" in bands else len(bands) // 2

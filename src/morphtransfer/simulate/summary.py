@@ -104,7 +104,7 @@ def summary_table(catalogs: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def _rgb(img: np.ndarray) -> np.ndarray:
     """(g, r, i) per-band-normalised image -> RGB (i, r, g) with an asinh stretch."""
     x = np.clip(img[::-1].transpose(1, 2, 0), 0, None)
-    soft = 0.08
+    soft = 0.02  # asinh softening as a fraction of the band maximum: shows the outer disk
     return np.clip(np.arcsinh(x / soft) / np.arcsinh(1 / soft), 0, 1)
 
 
