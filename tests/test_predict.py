@@ -96,7 +96,8 @@ def test_fits_has_units_header_provenance_and_same_numbers(setup, parquet_run):
     from astropy.table import Table
 
     root, store, models = setup
-    out = predict_catalog(models[:2], root / "cat.fits", store=store, shard_size=64, progress=False)
+    out = predict_catalog(models[:2], root / "cat.fits", store=store, shard_size=48, batch_size=20,
+                          progress=False)
     t = Table.read(out, hdu="CATALOGUE")
     assert str(t["ra"].unit) == "deg" and str(t["dec"].unit) == "deg"
     assert t.colnames == ["id", "ra", "dec", "p_Q1", "p_Q2"]
@@ -107,9 +108,13 @@ def test_fits_has_units_header_provenance_and_same_numbers(setup, parquet_run):
     card = json.loads((models[0] / "card.json").read_text())
     assert h["MODEL1"] == card["model_id"] and h["TASK1"] == "Q1" and h["TASK2"] == "Q2"
     assert h["NGAL"] == N_GALAXIES and h["MTVERS"] == read_provenance(out)["package_version"]
-    # same images and shards -> same input hash, whatever the models or output format
+    # same images -> same input hash, whatever the models, shard/batch sizes or output format
     assert h["INHASH"] == read_provenance(parquet_run[0])["images_sha256"]
     assert h["INPATH"] == str(store.resolve())
+    assert h["TCOMM4"].startswith("P(Q1: disk/features vs smooth)")
+    with fits.open(out) as hdul:  # a valid FITS file (the table is streamed, not astropy-written)
+        hdul.verify("exception")
+        assert [x.name for x in hdul] == ["PRIMARY", "CATALOGUE", "PROVENANCE"]
 
 
 def test_rerun_is_a_no_op_and_cli_matches(setup, parquet_run):

@@ -188,3 +188,18 @@ def test_config_round_trips_through_toml():
 
     cfg = study.load_config("quick")
     assert tomllib.loads(study._to_toml(cfg)) == cfg
+
+
+def test_run_command_reports_bad_input_without_traceback(tmp_path, monkeypatch):
+    import sys
+
+    from morphtransfer import cli
+
+    monkeypatch.setattr(sys, "argv", ["morphtransfer", "run", "--preset", "huge", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    monkeypatch.setattr(sys, "argv", ["morphtransfer", "run", "--target", str(tmp_path), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2

@@ -345,3 +345,13 @@ def test_cli_train_and_evaluate(blob_store, tmp_path):
     r = runner.invoke(app, ["train", "--store", str(blob_store.path), "--task", "Q1", "--split",
                             "nope", "--out", str(tmp_path / "x")])
     assert isinstance(r.exception, InputError) and "split 'nope'" in str(r.exception)
+
+
+def test_ds18_starts_from_keras_initialisation():
+    torch.manual_seed(0)
+    m = DS18()
+    dense = m.head[1].weight
+    # Glorot-uniform limit sqrt(6 / (fan_in + fan_out)) for the 36,992 -> 64 dense layer
+    limit = (6 / (36_992 + 64)) ** 0.5
+    assert dense.abs().max() <= limit and dense.abs().max() > 0.99 * limit
+    assert all(float(p.abs().sum()) == 0 for n, p in m.named_parameters() if n.endswith("bias"))

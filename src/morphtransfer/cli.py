@@ -323,12 +323,19 @@ def predict(
     if unknown:
         raise InputError(f"unknown option(s) {unknown}; see `morphtransfer predict --help`")
     names = [m.strip() for v in [*models, *extra] for m in v.split(",") if m.strip()]
-    path = predict_catalog(
-        names, out, store=store, images=images, catalog=catalog, batch_size=batch_size,
-        engine=engine, address=address, mc_dropout=mc_dropout, precision=precision,
-        shard_size=shard_size, progress=progress, seed=seed, num_workers=workers,
-        survey=survey, bands=[b.strip() for b in bands.split(",")] if bands else None,
-    )
+    try:
+        path = predict_catalog(
+            names, out, store=store, images=images, catalog=catalog, batch_size=batch_size,
+            engine=engine, address=address, mc_dropout=mc_dropout, precision=precision,
+            shard_size=shard_size, progress=progress, seed=seed, num_workers=workers,
+            survey=survey, bands=[b.strip() for b in bands.split(",")] if bands else None,
+        )
+    except KeyboardInterrupt:
+        from morphtransfer.predict import parts_dir
+
+        console.print(f"interrupted; finished shards are kept in {parts_dir(out)}: run the same "
+                      "command again to resume")
+        raise typer.Exit(130)
     prov = read_provenance(path)
     console.print(
         f"{prov['n_galaxies']} galaxies classified -> {path}; "

@@ -27,12 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import shutil
-import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ DEFAULT_SHARD_SIZE = 16384
 # galaxies run ~1.5x faster than 1024 because one layer's activations (32 x 32 ch x 69 x 69 x 4 B
 # = 19 MB) stay in L2+L3 cache. On a GPU the whole read batch goes through at once.
 CPU_COMPUTE_BATCH = 32
-# Reader thread queue depth: two batches ahead is enough to hide Zarr reads behind the network.
+# Batches read ahead of the network per reader thread (+1): enough to hide Zarr reads.
 PREFETCH_BATCHES = 2
 
 OUTPUT_KINDS = {".parquet": "parquet", ".pq": "parquet", ".fits": "fits", ".fit": "fits"}
@@ -393,6 +394,10 @@ class ShardPredictor:
         self.compute_batch = (
             self.batch_size if self.device.type == "cuda" else min(self.batch_size, CPU_COMPUTE_BATCH)
         )
+        # One reader on CPU (a second would take a core from the network); several on a GPU,
+        # which can outrun one thread decompressing Zarr chunks.
+        self.reader_threads = int(run.get("reader_threads") or (
+            min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 1))
         self.parts = Path(run["parts_dir"])
         self.plan = pq.ParquetFile(self.parts / "plan.parquet")
         self.source = _open_source(run["source"])
@@ -401,22 +406,27 @@ class ShardPredictor:
     def shard_rows(self, k: int) -> pd.DataFrame:
         return self.plan.read_row_group(k).to_pandas()
 
-    def iter_shard(self, k: int) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray, str | None]]:
-        """(rows, images of the rows without reason, reasons, shard image digest on the last)."""
-        rows = self.shard_rows(k)
-        h = hashlib.sha256()
-        n = len(rows)
-        starts = list(range(0, n, self.batch_size)) or [0]
-        for s in starts:
-            part = rows.iloc[s : s + self.batch_size].reset_index(drop=True)
-            pre = part["reject_reason"].fillna("").to_numpy(dtype=object)
-            ok = pre == ""
-            images, reasons = self.source.read(part, ok)
-            reasons = np.where(ok, reasons, pre)
-            images = np.ascontiguousarray(images, dtype=np.float32)
-            h.update(images.tobytes())
-            last = s == starts[-1]
-            yield part, images, reasons, (h.hexdigest() if last else None)
+    def read_tasks(self, shards: list[int]) -> Iterator:
+        """Callables, in order, each reading one batch of one shard (run in reader threads)."""
+        for k in shards:
+            rows = self.shard_rows(k)
+            starts = list(range(0, len(rows), self.batch_size)) or [0]
+            for s in starts:
+                part = rows.iloc[s : s + self.batch_size].reset_index(drop=True)
+                yield partial(self.read_batch, k, part, s == starts[-1])
+
+    def read_batch(self, k: int, part: pd.DataFrame, last: bool):
+        """(k, rows, images of the rows without reason, reasons, per-galaxy digests, last)."""
+        pre = part["reject_reason"].fillna("").to_numpy(dtype=object)
+        ok = pre == ""
+        images, reasons = self.source.read(part, ok)
+        reasons = np.where(ok, reasons, pre)
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        # 16-byte sha256 prefix of each model input: the catalogue's input hash is built from
+        # these in catalogue order, so it does not depend on shard or batch sizes
+        digests = np.full(len(part), None, dtype=object)
+        digests[reasons == ""] = [hashlib.sha256(im.data).digest()[:16] for im in images]
+        return k, part, images, reasons, digests, last
 
     # --- computing ----------------------------------------------------------------------------
     def start_shard(self, k: int) -> None:
@@ -467,9 +477,9 @@ class ShardPredictor:
                 m.eval()
 
     # --- writing ------------------------------------------------------------------------------
-    def write_shard(self, k: int, pieces: list[pd.DataFrame], digest: str) -> int:
+    def write_shard(self, k: int, pieces: list[pd.DataFrame]) -> int:
         table = pa.Table.from_pandas(pd.concat(pieces, ignore_index=True), preserve_index=False)
-        meta = {"shard": k, "images_sha256": digest, "n": table.num_rows}
+        meta = {"shard": k, "n": table.num_rows}
         table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         final = self.parts / f"shard-{k:06d}.parquet"
         tmp = final.with_name(final.name + f".{os.getpid()}.tmp")
@@ -477,7 +487,7 @@ class ShardPredictor:
         os.replace(tmp, final)  # the commit point of the shard
         return table.num_rows
 
-    def result_frame(self, rows: pd.DataFrame, images, reasons) -> pd.DataFrame:
+    def result_frame(self, rows: pd.DataFrame, images, reasons, digests) -> pd.DataFrame:
         cols = self.predict_images(images)
         ok = reasons == ""
         out = pd.DataFrame({"id": rows["id"].astype(str).to_numpy(dtype=object)})
@@ -489,69 +499,57 @@ class ShardPredictor:
             out[name] = full
         out["file"] = rows["file"].to_numpy(dtype=object) if "file" in rows else _empty_strings(len(rows))
         out["reject_reason"] = reasons.astype(object)
+        out["image_digest"] = digests
         return out
 
-    def run_shard(self, k: int) -> int:
-        self.start_shard(k)
-        pieces = []
-        for rows, images, reasons, digest in self.iter_shard(k):
-            pieces.append(self.result_frame(rows, images, reasons))
-        return self.write_shard(k, pieces, digest)
+    def run_shards(self, shards: list[int], advance=None, reader_threads: int = 1) -> list[int]:
+        """Compute and commit shards in order; reading runs ahead in ``reader_threads`` threads
+        (Zarr decompression and image decoding release the GIL) while the network computes."""
+        done, current, pieces = [], None, []
+        depth = reader_threads + PREFETCH_BATCHES - 1
+        for k, rows, images, reasons, digests, last in _ordered_prefetch(
+            self.read_tasks(shards), reader_threads, depth
+        ):
+            if k != current:
+                current, pieces = k, []
+                self.start_shard(k)
+            pieces.append(self.result_frame(rows, images, reasons, digests))
+            if last:
+                n = self.write_shard(k, pieces)
+                done.append(n)
+                if advance is not None:
+                    advance(n)
+        return done
 
     def __call__(self, batch: dict) -> dict:
         shards = [int(k) for k in batch["shard"]]
-        n = [self.run_shard(k) for k in shards]
+        n = self.run_shards(shards, reader_threads=self.reader_threads)
         return {"shard": np.array(shards, dtype=np.int64), "n": np.array(n, dtype=np.int64)}
+
+
+def _ordered_prefetch(tasks: Iterator, threads: int, depth: int) -> Iterator:
+    """Run callables in a thread pool, at most ``depth`` ahead, yielding results in order."""
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="morphtransfer-read")
+    futures: deque = deque()
+    try:
+        for task in tasks:
+            futures.append(pool.submit(task))
+            if len(futures) > depth:
+                yield futures.popleft().result()
+        while futures:
+            yield futures.popleft().result()
+    finally:
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)
 
 
 # --------------------------------------------------------------------------------------------
 # engines
 # --------------------------------------------------------------------------------------------
 def _run_local(run: dict, pending: list[int], advance) -> None:
-    """Reader thread (Store/Zarr reads, decoding) overlapped with the network in this thread."""
     worker = ShardPredictor(run, num_threads=run.get("num_threads"))
-    q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def reader() -> None:
-        try:
-            for k in pending:
-                for item in worker.iter_shard(k):
-                    if not put((k, *item)):
-                        return
-            put(None)
-        except BaseException as exc:  # handed to the main thread, which raises it
-            put(exc)
-
-    thread = threading.Thread(target=reader, name="morphtransfer-reader", daemon=True)
-    thread.start()
-    current, pieces = None, []
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            k, rows, images, reasons, digest = item
-            if k != current:
-                current, pieces = k, []
-                worker.start_shard(k)
-            pieces.append(worker.result_frame(rows, images, reasons))
-            if digest is not None:
-                advance(worker.write_shard(k, pieces, digest))
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    worker.run_shards(pending, advance, reader_threads=worker.reader_threads)
 
 
 def _ray_resources(num_workers: int | None) -> tuple[int, float, float]:
@@ -626,26 +624,7 @@ def _column_descriptions(tasks: list[str], mc_dropout: int) -> dict[str, tuple[s
     return d
 
 
-def _write_fits(table: pa.Table, path: Path, provenance: dict, descriptions: dict) -> None:
-    from astropy.io import fits
-    from astropy.table import Table
-
-    t = Table()
-    for name in table.column_names:
-        col = table.column(name).to_numpy(zero_copy_only=False)
-        if name == "id":
-            col = col.astype(str)
-        t[name] = col
-        unit, desc = descriptions.get(name, ("", ""))
-        if unit:
-            t[name].unit = unit
-        t[name].description = desc
-    hdu = fits.table_to_hdu(t)
-    hdu.name = "CATALOGUE"
-    h = hdu.header
-    for i, name in enumerate(table.column_names, start=1):
-        if descriptions.get(name, ("", ""))[1]:
-            h[f"TCOMM{i}"] = descriptions[name][1][:68]  # one FITS card
+def _fits_header_cards(h, provenance: dict) -> None:
     h["ORIGIN"] = ("morphtransfer", "package that wrote this catalogue")
     h["MTVERS"] = (provenance["package_version"], "morphtransfer version")
     h["RUNID"] = (provenance["run_id"], "fingerprint of models, input and options")
@@ -659,90 +638,123 @@ def _write_fits(table: pa.Table, path: Path, provenance: dict, descriptions: dic
     h["INPATH"] = src["path"]  # input path (long paths use CONTINUE cards)
     if src.get("survey"):
         h["SURVEY"] = (src["survey"], "survey of the input images")
-    # sha256 over the shards' sha256 of their model-input images (depends on SHARDSZ)
+    # sha256 over the 16-byte sha256 prefixes of every model input, in catalogue order
     h["INHASH"] = provenance["images_sha256"]
-    h["SHARDSZ"] = (provenance["shard_size"], "galaxies per shard (INHASH depends on it)")
     h["NMODELS"] = (len(provenance["models"]), "models applied")
     for i, m in enumerate(provenance["models"], start=1):
         h[f"MODEL{i}"] = (m["model_id"], f"model id (weights sha256) of p_{m['task']}")
         h[f"TASK{i}"] = (m["task"], f"task of model {i}")
         h[f"MSURV{i}"] = (str(m.get("survey", "")), f"survey model {i} was trained on")
         h[f"MPATH{i}"] = m["path"]  # folder of model i (long paths use CONTINUE cards)
+
+
+def _write_fits(shard_paths: list[Path], path: Path, provenance: dict, descriptions: dict,
+                columns: list[str], n_rows: int, id_width: int) -> None:
+    """Stream the good rows of every shard into a FITS binary table (memory: one shard).
+
+    The header (with NAXIS2 = all rows) is written first, then each shard's rows as big-endian
+    records in the table's layout, then the padding to a 2880-byte block; the provenance JSON
+    goes in a second extension. Readable by astropy Table.read(path, hdu="CATALOGUE"), TOPCAT...
+    """
+    from astropy.io import fits
+
+    formats = {"id": f"{max(1, id_width)}A", "ra": "D", "dec": "D"}
+    fcols = [
+        fits.Column(name=c, format=formats.get(c, "E"), unit=descriptions.get(c, ("", ""))[0] or None)
+        for c in columns
+    ]
+    hdu = fits.BinTableHDU.from_columns(fcols, nrows=0, name="CATALOGUE")
+    h = hdu.header
+    h["NAXIS2"] = n_rows
+    for i, c in enumerate(columns, start=1):
+        if descriptions.get(c, ("", ""))[1]:
+            h[f"TCOMM{i}"] = descriptions[c][1][:68]  # one FITS card
+    _fits_header_cards(h, provenance)
+    dtype = np.dtype(
+        [("id", f"S{max(1, id_width)}")]
+        + [(c, ">f8" if c in ("ra", "dec") else ">f4") for c in columns if c != "id"]
+    )
     primary = fits.PrimaryHDU()
     primary.header["ORIGIN"] = "morphtransfer"
     primary.header["RUNID"] = provenance["run_id"]
+    tmp = path.with_name(path.name + ".tmp")
+    written = 0
+    with tmp.open("wb") as fh:
+        fh.write(primary.header.tostring().encode("ascii"))
+        fh.write(h.tostring().encode("ascii"))
+        for sp in shard_paths:
+            t = pq.read_table(sp)
+            good = t.column("reject_reason").to_numpy(zero_copy_only=False) == ""
+            rec = np.zeros(int(good.sum()), dtype=dtype)
+            for c in columns:
+                v = t.column(c).to_numpy(zero_copy_only=False)[good]
+                rec[c] = np.char.encode(v.astype(str), "utf-8") if c == "id" else v
+            fh.write(rec.tobytes())
+            written += len(rec)
+        fh.write(b"\0" * ((-written * dtype.itemsize) % 2880))
+    if written != n_rows:  # pragma: no cover - shards changed under us
+        raise RuntimeError(f"FITS merge wrote {written} rows, expected {n_rows}")
+    blob = json.dumps(provenance)
     prov = fits.BinTableHDU.from_columns(
-        [fits.Column(name="JSON", format=f"{max(1, len(json.dumps(provenance)))}A",
-                     array=np.array([json.dumps(provenance)]))],
+        [fits.Column(name="JSON", format=f"{len(blob.encode())}A", array=np.array([blob]))],
         name="PROVENANCE",
     )
-    tmp = path.with_name(path.name + ".tmp")
-    fits.HDUList([primary, hdu, prov]).writeto(tmp, overwrite=True)
+    fits.append(tmp, prov.data, prov.header)
     os.replace(tmp, path)
 
 
 def _merge(run: dict, n_shards: int, out: Path, kind: str, provenance: dict) -> tuple[int, int]:
+    """Shards -> ``out`` (streamed, one shard in memory) and ``<out>.rejects.csv``."""
     parts = Path(run["parts_dir"])
     tasks = [m["task"] for m in run["models"]]
     descriptions = _column_descriptions(tasks, run["mc_dropout"])
+    shard_paths = [parts / f"shard-{k:06d}.parquet" for k in range(n_shards)]
+    # pass 1 (ids and reasons only): input hash, counts, rejects, widest id
     h = hashlib.sha256()
     rejects: list[pd.DataFrame] = []
-    n_good = 0
-    writer = None
+    n_good, id_width = 0, 1
+    for sp in shard_paths:
+        t = pq.read_table(sp, columns=["id", "file", "reject_reason", "image_digest"])
+        ids = t.column("id").to_numpy(zero_copy_only=False)
+        reason = t.column("reject_reason").to_numpy(zero_copy_only=False)
+        bad = reason != ""
+        h.update(b"".join(t.column("image_digest").to_numpy(zero_copy_only=False)[~bad]))
+        if bad.any():
+            files = t.column("file").to_numpy(zero_copy_only=False)
+            rejects.append(pd.DataFrame({"id": ids[bad], "file": files[bad], "reason": reason[bad]}))
+        n_good += int((~bad).sum())
+        if (~bad).any():
+            id_width = max(id_width, max(len(str(i).encode()) for i in ids[~bad]))
+    internal = ("file", "reject_reason", "image_digest")
+    columns = [c for c in pq.read_schema(shard_paths[0]).names if c not in internal]
+    provenance["images_sha256"] = h.hexdigest()
+    provenance["n_galaxies"] = n_good
+    provenance["n_rejected"] = int(sum(len(r) for r in rejects))
+    provenance["columns"] = {c: {"unit": descriptions[c][0], "description": descriptions[c][1]}
+                             for c in columns if c in descriptions}
+    rej = pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=["id", "file", "reason"])
+    rpath = rejects_path(out)
+    rej.to_csv(rpath.with_name(rpath.name + ".tmp"), index=False)
+    os.replace(rpath.with_name(rpath.name + ".tmp"), rpath)
+    # pass 2: the catalogue
+    if kind == "fits":
+        _write_fits(shard_paths, out, provenance, descriptions, columns, n_good, id_width)
+        return n_good, provenance["n_rejected"]
     tmp = out.with_name(out.name + ".tmp")
-    good_tables: list[pa.Table] = []
+    writer = None
     try:
-        for k in range(n_shards):
-            path = parts / f"shard-{k:06d}.parquet"
-            table = pq.read_table(path)
-            meta = json.loads(table.schema.metadata[META_KEY])
-            h.update(meta["images_sha256"].encode())
-            reason = table.column("reject_reason").to_numpy(zero_copy_only=False)
-            bad = reason != ""
-            if bad.any():
-                rejects.append(
-                    pd.DataFrame(
-                        {
-                            "id": table.column("id").to_numpy(zero_copy_only=False)[bad],
-                            "file": table.column("file").to_numpy(zero_copy_only=False)[bad],
-                            "reason": reason[bad],
-                        }
-                    )
-                )
-            good = table.filter(pa.array(~bad)).drop_columns(["file", "reject_reason"])
-            good = good.replace_schema_metadata(None)
-            n_good += good.num_rows
-            if kind == "parquet":
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, good.schema)
-                writer.write_table(good)
-            else:
-                good_tables.append(good)
-        provenance["images_sha256"] = h.hexdigest()
-        provenance["n_galaxies"] = n_good
-        provenance["n_rejected"] = int(sum(len(r) for r in rejects))
-        provenance["columns"] = {c: {"unit": u, "description": d} for c, (u, d) in descriptions.items()}
-        rej = (
-            pd.concat(rejects, ignore_index=True)
-            if rejects
-            else pd.DataFrame(columns=["id", "file", "reason"])
-        )
-        rpath = rejects_path(out)
-        rej.to_csv(rpath.with_name(rpath.name + ".tmp"), index=False)
-        os.replace(rpath.with_name(rpath.name + ".tmp"), rpath)
-        if kind == "parquet":
-            if writer is None:  # no shard at all (empty input)
-                writer = pq.ParquetWriter(tmp, pa.schema([("id", pa.string())]))
-            writer.add_key_value_metadata({META_KEY.decode(): json.dumps(provenance)})
-            writer.close()
-            writer = None
-            os.replace(tmp, out)
-        else:
-            table = pa.concat_tables(good_tables) if good_tables else pa.table({"id": pa.array([], pa.string())})
-            _write_fits(table, out, provenance, descriptions)
+        for sp in shard_paths:
+            t = pq.read_table(sp)
+            good = pa.array(t.column("reject_reason").to_numpy(zero_copy_only=False) == "")
+            t = t.filter(good).select(columns).replace_schema_metadata(None)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, t.schema)
+            writer.write_table(t)
+        writer.add_key_value_metadata({META_KEY.decode(): json.dumps(provenance)})
     finally:
         if writer is not None:
             writer.close()
+    os.replace(tmp, out)
     return n_good, provenance["n_rejected"]
 
 

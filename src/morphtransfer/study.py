@@ -465,6 +465,7 @@ class StudyResult:
     experiments: list[Experiment]
     notes: list[str] = field(default_factory=list)
     trained: int = 0
+    timings: dict = field(default_factory=dict)  # wall seconds per phase of this call
     skipped: int = 0
     elapsed_s: float = 0.0
 
@@ -641,7 +642,9 @@ def run_study(
     _check_or_write_config(paths, cfg, inputs)
 
     if simulated:
+        t_sim = time.time()
         _ensure_simulated(paths.root / "data", cfg, console, sim_n)
+        sim_s = time.time() - t_sim
 
     from morphtransfer.data.store import Store
 
@@ -682,6 +685,8 @@ def run_study(
             "the Store needs vote columns (<question>_<answer>_count/fraction); see tasks.py"
         )
 
+    for n in notes:
+        console.print(f"  note: {n}", highlight=False)
     split_seed = int(cfg["study"].get("split_seed", 0))
     splits = pd.concat(
         [make_splits(src_cat, tgt_cat, t, cfg) for t in tasks], ignore_index=True
@@ -725,6 +730,7 @@ def run_study(
     result = StudyResult(paths.root, experiments, notes)
     engine = _engine()
     clock = _Clock(costs)
+    phase = {"source_models_s": 0.0, "experiments_s": 0.0}
     for i, job in enumerate(jobs):
         head = f"[{i + 1}/{len(jobs)}]"
         clock.start()
@@ -734,12 +740,14 @@ def run_study(
         else:
             did = _run_experiment(engine, job, cfg, splits, src_store, tgt_store, paths, console, head,
                                   result, progress, split_seed, clock.line(i))
+        phase["source_models_s" if isinstance(job, str) else "experiments_s"] += time.time() - clock._job_t0
         clock.finish(i, skipped=not did)
 
     preds = collect_predictions(paths, experiments)
     tmp = paths.predictions.with_name("predictions.parquet.tmp")
     preds.to_parquet(tmp, index=False)
     os.replace(tmp, paths.predictions)
+    t_report = time.time()
     if report:
         from morphtransfer.report import write_report
 
@@ -753,6 +761,17 @@ def run_study(
             console=console,
         )
     result.elapsed_s = time.time() - t_start
+    result.timings = {
+        "simulate_s": round(sim_s, 1) if simulated else 0.0,
+        **{k: round(v, 1) for k, v in phase.items()},
+        "report_s": round(time.time() - t_report, 1),
+        "total_s": round(result.elapsed_s, 1),
+        "models_trained": result.trained,
+        "steps_reused": result.skipped,
+    }
+    # appended per call: a resumed run shows each of its sessions
+    with (paths.root / "timings.jsonl").open("a") as fh:
+        fh.write(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **result.timings}) + "\n")
     console.print(
         f"[bold green]done[/] in {result.elapsed_s / 60:.1f} min: {result.trained} models trained, "
         f"{result.skipped} finished steps reused; open {paths.root / 'report.html'}",

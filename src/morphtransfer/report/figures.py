@@ -138,7 +138,8 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     """g, r, i -> blue, green, red with an asinh stretch (each band is already max-normalised)."""
     x = np.clip(np.asarray(img, dtype="float64"), 0, None)
     rgb = np.stack([x[2], x[1], x[0]], axis=-1) if x.shape[0] >= 3 else np.repeat(x[:1].T, 3, -1)
-    rgb = np.arcsinh(rgb / 0.05) / np.arcsinh(1 / 0.05)
+    # a strong stretch: faint outer disks, arms and bars are what the eye must compare
+    rgb = np.arcsinh(rgb / 0.02) / np.arcsinh(1 / 0.02)
     return np.clip(rgb, 0, 1)
 
 

@@ -308,9 +308,12 @@ def simulate(
     try:
         n_rendered, t0 = _run(pool, out, meta, int(n), survey_objs, int(seed), model,
                               int(max_pixels), batch_size, commit_every, progress)
-    finally:
-        if pool is not None:
+    except BaseException:
+        if pool is not None:  # interrupted or failed: drop queued batches, do not wait
             pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    if pool is not None:
+        pool.shutdown(wait=True)
     seconds = time.perf_counter() - t0
     result = SimulationResult(
         out=out,
