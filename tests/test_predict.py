@@ -194,7 +194,8 @@ def test_mc_dropout_std_is_reproducible_and_p_unchanged(setup, parquet_run, tmp_
     b = pd.read_parquet(predict_catalog(models[:1], tmp_path / "b.parquet", **kw))
     c = pd.read_parquet(predict_catalog(models[:1], tmp_path / "c.parquet", seed=1, **kw))
     assert list(a.columns) == ["id", "ra", "dec", "p_Q1", "p_Q1_std", "p_Q1_mc_mean"]
-    np.testing.assert_array_equal(a["p_Q1"].to_numpy(), full["p_Q1"].to_numpy())
+    # other micro-batches than the full run: oneDNN may differ in the last float32 bit
+    np.testing.assert_allclose(a["p_Q1"].to_numpy(), full["p_Q1"].to_numpy(), atol=1e-6)
     assert (a["p_Q1_std"] > 0).all()  # dropout really on: every galaxy's passes differ
     np.testing.assert_array_equal(a["p_Q1_std"].to_numpy(), b["p_Q1_std"].to_numpy())
     assert not np.array_equal(a["p_Q1_std"].to_numpy(), c["p_Q1_std"].to_numpy())

@@ -30,8 +30,10 @@ def test_ray_engine_matches_local_engine(tmp_path):
     assert not ray.is_initialized()
     distributed = pd.read_parquet(out)
     assert len(distributed) == 48 and distributed["id"].is_unique
-    # one shard is computed the same way on any engine: identical numbers, MC dropout included
-    pd.testing.assert_frame_equal(distributed, local)
+    # a shard is computed the same way on any engine (same micro-batches, same MC-dropout masks);
+    # only the float32 rounding of 1-thread actors vs the 2-thread local run may differ
+    pd.testing.assert_frame_equal(distributed, local, check_exact=False, rtol=1e-5, atol=1e-6)
+    assert np.abs(distributed["p_Q1_std"] - local["p_Q1_std"]).max() < 1e-6
     assert read_provenance(out)["engine"] == "ray"
     assert pd.read_csv(rejects_path(out))["id"].tolist() == ["MISSING"]
     assert not parts_dir(out).exists()

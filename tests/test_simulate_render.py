@@ -220,3 +220,15 @@ def test_galaxy_validate_names_the_galaxy():
                sersic_hlr_arcsec=2.0, sersic_q=1.2)
     with pytest.raises(InputError, match=r"sim-x.*Sersic index n=7.0.*axis ratio 1.2"):
         g.validate()
+
+
+def test_arms_fade_with_inclination_and_are_clearer_in_des():
+    g = _first(lambda g: g.arm_strength > 0.3 and g.mag_r < 16.5)
+    vis = {
+        s: [observe(dataclasses.replace(g, inclination_deg=i), s, np.random.default_rng(0))
+            .visibility["vis_arms"] for i in (0.0, 50.0, 80.0)]
+        for s in ("sdss", "des")
+    }
+    for s, v in vis.items():
+        assert v[0] > v[1] > v[2] > 0, s  # foreshortened arms blur into the disk
+    assert all(d > 1.5 * s for d, s in zip(vis["des"], vis["sdss"]))

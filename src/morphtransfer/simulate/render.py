@@ -31,7 +31,8 @@ survey's PSF and pixels) is compared with the image's noise plus a contrast floo
 what a human eye can distinguish on a galaxy, counted once per PSF beam:
 ``var_eff = sky_var + galaxy/gain + n_beam (CONTRAST_FLOOR * galaxy)^2``, and
 ``vis = sqrt(sum(feature^2 / var_eff))``. For arms/clumps the feature is the knots' image
-high-pass filtered at half a disk scale radius (what survives of their structure after the PSF);
+high-pass filtered at half a disk scale radius in the disk plane (what survives of their
+structure after projection and the PSF);
 for bars it is the bar image's non-axisymmetric part ``(B - rot90(B)) / 2`` (a bar blurred
 round by the PSF is no longer a bar). The thin-disk appearance is the axis ratio measured from the
 second moments of the noise-free image within the isophote 2 sigma above the sky: worse seeing
@@ -364,8 +365,16 @@ def observe(
     tf_r = grid.gaussian_psf(psf_fwhm[br]) * grid.pixel
     vis_arms = vis_bar = 0.0
     if "knots" in kims:
+        # high-pass at half a scale radius *in the disk plane*: |A^T k| is the disk-plane
+        # frequency, so a projected (inclined) smooth arm envelope is removed too, and arms
+        # foreshortened below the PSF lose their visibility
+        a_proj = _projection(g)
+        kx, ky = grid.kx[None, :], grid.ky[:, None]
+        k2_disk = (a_proj[0, 0] * kx + a_proj[1, 0] * ky) ** 2 + (
+            a_proj[0, 1] * kx + a_proj[1, 1] * ky
+        ) ** 2
         s = 0.5 * g.disk_scale_arcsec
-        high_pass = 1.0 - np.exp(-0.5 * s * s * grid.k2)
+        high_pass = 1.0 - np.exp(-0.5 * s * s * k2_disk)
         a = grid.to_stamp(fluxes[br]["knots"] * kims["knots"] * tf_r * high_pass)
         vis_arms = float(np.sqrt(np.sum(a * a / var_eff)))
     if "bar" in kims:

@@ -112,7 +112,8 @@ def gallery_selection(
     catalogs: dict[str, pd.DataFrame], per_row: int = 4, seed: int = 0, label_survey: str = "des"
 ) -> pd.DataFrame:
     """Galaxies for the gallery: robust disks (face-on-ish), robust edge-on and robust barred in
-    ``label_survey`` (true morphology agreeing), present in every survey."""
+    ``label_survey`` (true morphology agreeing), present in every survey; disks and bars with the
+    most visible arms / bar, edge-on ones at random."""
     ref = catalogs[label_survey] if label_survey in catalogs else next(iter(catalogs.values()))
     common = set(ref["id"])
     for c in catalogs.values():
@@ -124,12 +125,19 @@ def gallery_selection(
         "edge-on": (q2 == 1) & cat["true_edge_on"],
         "barred": (q3 == 1) & cat["true_bar"],
     }
+    # show the clearest examples: the highest visibility of the row's feature in label_survey
+    rank = {"disk": "vis_arms", "edge-on": None, "barred": "vis_bar"}
     rng = np.random.default_rng(seed)
     rows = []
     for name, mask in groups.items():
-        ids = cat.loc[mask.to_numpy(), "id"].to_numpy()
-        if len(ids) > per_row:
-            ids = rng.choice(ids, per_row, replace=False)
+        sub = cat.loc[mask.to_numpy()]
+        key = rank[name]
+        if key is not None and key in sub.columns:
+            ids = sub.sort_values(key, ascending=False)["id"].to_numpy()[:per_row]
+        else:
+            ids = sub["id"].to_numpy()
+            if len(ids) > per_row:
+                ids = rng.choice(ids, per_row, replace=False)
         rows += [{"row": name, "id": i} for i in sorted(ids)]
     return pd.DataFrame(rows, columns=["row", "id"])
 

@@ -41,7 +41,7 @@ class VolunteerModel:
     p_artifact: float = 0.01  # clicks on "star or artifact" (GZ2 median ~1%)
     p_featured_base: float = 0.10  # volunteers who call any galaxy "features or disk"
     # T01: arms/clumps, bars and a thin shape make a galaxy "featured"
-    arms_vis50: float = 4.0  # visibility at which half the volunteers notice the arms
+    arms_vis50: float = 3.2  # visibility at which half the volunteers notice the arms
     arms_width: float = 0.45  # logistic width in ln(visibility)
     bar_feature_vis50: float = 5.0
     bar_feature_width: float = 0.45
