@@ -44,14 +44,17 @@ def ds18_forward_flops(image_size: int = 69) -> tuple[float, float]:
     return float(conv1 + conv2 + conv3 + conv4 + dense), float(conv1)
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> tuple[float, float]:
+    """(GFLOP/s by the wall clock, GFLOP/s per CPU-second x threads) of an n x n matmul."""
     a = torch.rand(n, n).to(dtype)
     b = torch.rand(n, n).to(dtype)
     a @ b
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(reps):
         a @ b
-    return reps * 2 * n**3 / (time.perf_counter() - t) / 1e9
+    flops = reps * 2 * n**3
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return flops / wall / 1e9, flops / (cpu / torch.get_num_threads()) / 1e9
 
 
 def synthetic_store(path: Path, n: int):
@@ -76,6 +79,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--infer-n", type=int, default=4096, help="galaxies predicted (store repeated)")
+    ap.add_argument("--compile-infer", action="store_true",
+                    help="also time predict_store(compile=True) (adds 20-70 s of compilation)")
     args = ap.parse_args()
 
     import lightning as L
@@ -107,8 +112,8 @@ def main() -> None:
         threads = torch.get_num_threads()
         flops_fwd, flops_conv1 = ds18_forward_flops()
         flops_train = 3 * flops_fwd - flops_conv1
-        gf32 = matmul_gflops(torch.float32)
-        gfbf16 = matmul_gflops(torch.bfloat16)
+        gf32, gf32_cpu = matmul_gflops(torch.float32)
+        gfbf16, gfbf16_cpu = matmul_gflops(torch.bfloat16)
         result: dict = {
             "benchmark": "train_speed",
             "threads": threads,
@@ -118,6 +123,8 @@ def main() -> None:
             "gflop_per_image_train": round(flops_train / 1e9, 4),
             "ceiling_gflops": round(gf32, 1),
             "ceiling_gflops_bf16": round(gfbf16, 1),
+            "ceiling_gflops_cpu": round(gf32_cpu, 1),
+            "ceiling_gflops_bf16_cpu": round(gfbf16_cpu, 1),
             "compile": bool(args.compile),
             "channels_last": not args.no_channels_last,
             "n_train": args.n,
@@ -126,6 +133,7 @@ def main() -> None:
         for prec in args.precision:
             tag = "" if prec == "32-true" else "_bf16"
             ceiling = gf32 if prec == "32-true" else gfbf16
+            ceiling_cpu = gf32_cpu if prec == "32-true" else gfbf16_cpu
             clock = Clock()
             recipe = Recipe(max_epochs=args.epochs, precision=prec, compile=args.compile,
                             channels_last=not args.no_channels_last, early_stopping_patience=None)
@@ -144,6 +152,8 @@ def main() -> None:
             result[f"train_first_epoch_s{tag}"] = round(clock.epochs[0][1], 2)
             result[f"train_total_s{tag}"] = round(total, 2)
             result[f"train_fraction_of_ceiling{tag}"] = round(train_ips * flops_train / 1e9 / ceiling, 3)
+            result[f"train_fraction_of_ceiling_cpu{tag}"] = round(
+                n_img / cpu * threads * flops_train / 1e9 / ceiling_cpu, 3)
 
             # inference from the Store: repeat the catalogue up to infer_n rows
             cat = store.catalog
@@ -156,6 +166,22 @@ def main() -> None:
             result[f"infer_img_per_s{tag}"] = round(infer_ips, 1)
             result[f"infer_img_per_cpu_s_x_threads{tag}"] = round(len(rows) / dc * threads, 1)
             result[f"infer_fraction_of_ceiling{tag}"] = round(infer_ips * flops_fwd / 1e9 / ceiling, 3)
+            result[f"infer_fraction_of_ceiling_cpu{tag}"] = round(
+                len(rows) / dc * threads * flops_fwd / 1e9 / ceiling_cpu, 3)
+            if args.compile_infer:
+                from morphtransfer.models import load_model
+
+                net = load_model(out)[0].to(memory_format=torch.channels_last)
+                net = torch.compile(net, options={"freezing": True})
+                t = time.perf_counter()
+                predict_store(net, store, rows.iloc[:512], precision=prec)
+                result[f"infer_compile_s{tag}"] = round(time.perf_counter() - t, 1)
+                t, c = time.perf_counter(), time.process_time()
+                predict_store(net, store, rows, precision=prec)
+                dt, dc = time.perf_counter() - t, time.process_time() - c
+                result[f"infer_compiled_img_per_s{tag}"] = round(len(rows) / dt, 1)
+                result[f"infer_compiled_img_per_cpu_s_x_threads{tag}"] = round(
+                    len(rows) / dc * threads, 1)
         result["load_avg_end"] = os.getloadavg()[0]
         print(json.dumps(result))
     finally:

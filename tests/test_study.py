@@ -203,3 +203,23 @@ def test_run_command_reports_bad_input_without_traceback(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 2
+
+
+def test_same_galaxy_under_another_id_is_kept_out_of_source_training(pair):
+    src, tgt = Store(pair[0]), Store(pair[1])
+    cfg = tiny_config()
+    rng = np.random.default_rng(1)
+    s_cat = study.prepare_catalog(src.catalog).assign(
+        ra=rng.uniform(0, 10, len(src.catalog)), dec=rng.uniform(-1, 1, len(src.catalog)))
+    # the target names every galaxy differently; positions agree within 0.3 arcsec
+    t_cat = study.prepare_catalog(tgt.catalog).assign(
+        id=lambda d: "des_" + d["id"].astype(str),
+        ra=s_cat["ra"].to_numpy() + 0.3 / 3600, dec=s_cat["dec"].to_numpy())
+    sp = study.make_splits(s_cat, t_cat, "Q1", cfg)
+    test_src_ids = {i[len("des_"):] for i in sp[sp["role"] == "target_test"]["id"]}
+    train = set(sp[sp["role"] == "source_train"]["id"])
+    assert test_src_ids and not train & test_src_ids
+    # without positions the ids alone cannot tell, and the overlap is there
+    sp2 = study.make_splits(s_cat.drop(columns=["ra", "dec"]), t_cat.drop(columns=["ra", "dec"]), "Q1", cfg)
+    test2 = {i[len("des_"):] for i in sp2[sp2["role"] == "target_test"]["id"]}
+    assert set(sp2[sp2["role"] == "source_train"]["id"]) & test2

@@ -355,3 +355,42 @@ def test_ds18_starts_from_keras_initialisation():
     limit = (6 / (36_992 + 64)) ** 0.5
     assert dense.abs().max() <= limit and dense.abs().max() > 0.99 * limit
     assert all(float(p.abs().sum()) == 0 for n, p in m.named_parameters() if n.endswith("bias"))
+
+
+def test_fast_dropout_keeps_the_right_fraction_and_is_seeded():
+    from morphtransfer.models import Dropout
+
+    x = torch.ones(30, 32, 69, 69).contiguous(memory_format=torch.channels_last)
+    for p in (0.5, 0.25):
+        d = Dropout(p).train()
+        torch.manual_seed(0)
+        y = d(x)
+        kept = (y != 0).float().mean().item()
+        # 4.6 million Bernoulli draws: the kept fraction is 1-p to within ~5 standard errors
+        assert abs(kept - (1 - p)) < 5 * (p * (1 - p) / x.numel()) ** 0.5 + 1e-4
+        assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - p)))  # survivors rescaled
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(0)
+        assert torch.equal(d(x), y)  # the torch seed fixes the mask
+        assert torch.equal(d.eval()(x), x)
+    # the gradient flows only through kept activations, scaled like them
+    xg = torch.rand(4, 8, 5, 5, requires_grad=True)
+    torch.manual_seed(1)
+    out = Dropout(0.5).train()(xg)
+    out.sum().backward()
+    assert torch.equal(xg.grad, (out != 0).float() * 2.0)
+
+
+def test_inference_max_pool_equals_torch_max_pool():
+    from morphtransfer.models import MaxPool2d
+
+    x = torch.randn(3, 8, 69, 69)
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
+        with torch.no_grad():
+            got = MaxPool2d(2)(t)
+        assert got.shape == (3, 8, 34, 34)
+        assert torch.equal(got, torch.nn.functional.max_pool2d(t, 2))
+    # with gradients the module is torch's own pooling
+    xg = x.clone().requires_grad_(True)
+    MaxPool2d(2)(xg).sum().backward()
+    assert xg.grad.sum().item() == 3 * 8 * 34 * 34

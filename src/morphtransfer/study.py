@@ -275,9 +275,10 @@ def make_splits(
     """Every robust galaxy's role for one task: id, survey ("source"/"target"), role, label, order.
 
     Test sets are drawn first (target, then source), so they never shrink when training sizes
-    grow. The source training set excludes both test sets (the same galaxy id seen by both
+    grow. The source training set excludes both test sets (the same galaxy seen by both
     surveys is the same galaxy: a model fine-tuned from the source model has seen its source
-    training set). The target pool (what b, c, d draw from) excludes the target test set.
+    training set; "the same" is the same id or, when both catalogues have ra/dec, a position
+    within 1 arcsec). The target pool (what b, c, d draw from) excludes the target test set.
     ``order`` is the galaxy's position in the pool's shuffled order for seed 0 (see ``target_train``).
     """
     tidx = list(TASKS).index(task) if task in TASKS else 0
@@ -313,11 +314,39 @@ def make_splits(
     test = perm[:n_test]
     rest = perm[n_test:]
     rest = rest[~np.isin(src_ids[rest], list(taken_test))]
+    if target_catalog is not None and taken_test:
+        # two real Stores name the same galaxy differently: match positions too
+        near = _within(src.iloc[rest], target_catalog[target_catalog["id"].astype(str).isin(taken_test)])
+        rest = rest[~near]
     train = rest[:n_train]
     frames.append(_role_frame(src_ids[test], src_lab_np[test], "source", "source_test"))
     frames.append(_role_frame(src_ids[train], src_lab_np[train], "source", "source_train"))
     out = pd.concat(frames, ignore_index=True)
     out.insert(0, "task", task)
+    return out
+
+
+MATCH_RADIUS_ARCSEC = 1.0  # SDSS and DES astrometry agree to ~0.1"; galaxies are > 3" apart
+
+
+def _within(rows: pd.DataFrame, others: pd.DataFrame, radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> np.ndarray:
+    """Which of ``rows`` lie within ``radius_arcsec`` of any of ``others`` (False without ra/dec)."""
+    if len(rows) == 0 or len(others) == 0 or not {"ra", "dec"} <= set(rows.columns) & set(others.columns):
+        return np.zeros(len(rows), dtype=bool)
+    ra1, dec1 = rows["ra"].to_numpy(dtype="float64"), rows["dec"].to_numpy(dtype="float64")
+    ra2, dec2 = others["ra"].to_numpy(dtype="float64"), others["dec"].to_numpy(dtype="float64")
+    ok1 = np.isfinite(ra1) & np.isfinite(dec1)
+    ok2 = np.isfinite(ra2) & np.isfinite(dec2)
+    out = np.zeros(len(rows), dtype=bool)
+    if not ok1.any() or not ok2.any():
+        return out
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    c1 = SkyCoord(ra1[ok1] * u.deg, dec1[ok1] * u.deg)
+    c2 = SkyCoord(ra2[ok2] * u.deg, dec2[ok2] * u.deg)
+    _, sep, _ = c1.match_to_catalog_sky(c2)
+    out[np.flatnonzero(ok1)] = sep.arcsec < radius_arcsec
     return out
 
 

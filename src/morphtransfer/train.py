@@ -719,11 +719,15 @@ def predict_store(
     precision: str = "32-true",
     channels_last: bool = True,
     progress: bool = False,
+    compile: bool = False,
 ) -> np.ndarray:
     """P(positive) per row (``store.catalog`` order when rows is None) of a model or model folder.
 
     Images are read from the Store in batches; the next batch is read in a thread while the
     current one is computed (zarr decompression releases the GIL), so reading is mostly hidden.
+    precision="bf16-mixed" is about 1.8x faster on CPUs with AVX-512 bf16 (check the AUC with
+    ``evaluate``). compile=True (torch.compile with weights frozen into the graph) is a further
+    ~1.2x on CPU for 20-70 s of compilation: worth it from some 50,000 galaxies.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -733,6 +737,8 @@ def predict_store(
     _set_threads()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if compile:
+        net = torch.compile(net.eval(), options={"freezing": True})
     cat = store.catalog if rows is None else rows
     index = cat["image_index"].to_numpy()
     starts = list(range(0, len(index), batch_size))
