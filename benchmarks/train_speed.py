@@ -57,6 +57,40 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> tuple[flo
     return flops / wall / 1e9, flops / (cpu / torch.get_num_threads()) / 1e9
 
 
+def raw_loop_img_per_s(images: torch.Tensor, precision: str, steps: int = 20) -> tuple[float, float]:
+    """(img/s wall, img/s per CPU-second x threads) of a bare PyTorch loop, same recipe, batch 30.
+
+    The difference to train_model's figure is Lightning's and the data loader's overhead.
+    """
+    from morphtransfer.models import DS18
+    from morphtransfer.train import BatchAugment
+
+    torch.manual_seed(0)
+    model = DS18().train().to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    aug = BatchAugment()
+    y = (torch.arange(30) % 2).float()
+    bf16 = precision == "bf16-mixed"
+
+    def step(i):
+        idx = torch.randint(0, len(images), (30,))
+        x = aug(images[idx]).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for i in range(3):
+        step(i)
+    t, c = time.perf_counter(), time.process_time()
+    for i in range(steps):
+        step(i)
+    n = 30 * steps
+    return n / (time.perf_counter() - t), n / (time.process_time() - c) * torch.get_num_threads()
+
+
 def synthetic_store(path: Path, n: int):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_train import _votes, blob_images  # the test suite's round vs elongated blobs
@@ -149,6 +183,10 @@ def main() -> None:
             train_ips = n_img / wall
             result[f"train_img_per_s{tag}"] = round(train_ips, 1)
             result[f"train_img_per_cpu_s_x_threads{tag}"] = round(n_img / cpu * threads, 1)
+            raw_wall, raw_cpu = raw_loop_img_per_s(
+                torch.from_numpy(store.read_images(store.catalog["image_index"][:600])), prec)
+            result[f"raw_loop_train_img_per_s{tag}"] = round(raw_wall, 1)
+            result[f"raw_loop_train_img_per_cpu_s_x_threads{tag}"] = round(raw_cpu, 1)
             result[f"train_first_epoch_s{tag}"] = round(clock.epochs[0][1], 2)
             result[f"train_total_s{tag}"] = round(total, 2)
             result[f"train_fraction_of_ceiling{tag}"] = round(train_ips * flops_train / 1e9 / ceiling, 3)

@@ -20,7 +20,7 @@ from morphtransfer.errors import InputError
 from morphtransfer.models import DS18, load_model, predict_proba, save_model
 from morphtransfer.predict import parts_dir, predict_catalog, read_provenance, rejects_path
 
-N_GALAXIES = 200
+N_GALAXIES = 120
 
 
 def _make_store(path: Path, n: int, seed: int = 0) -> Path:
@@ -167,14 +167,14 @@ def test_bad_models_and_options_are_refused(setup, tmp_path):
 def test_catalog_selects_galaxies_and_unknown_ids_go_to_rejects(setup, parquet_run, tmp_path):
     root, store, models = setup
     _, full = parquet_run
-    pick = ["DES00150", "DES00003", "NOT_THERE", "DES00003", "DES00077"]
+    pick = ["DES00110", "DES00003", "NOT_THERE", "DES00003", "DES00077"]
     pd.DataFrame({"id": pick}).to_csv(tmp_path / "sel.csv", index=False)
     out = predict_catalog(
         models[:1], tmp_path / "sel.parquet", store=store, catalog=tmp_path / "sel.csv",
         shard_size=2, progress=False,
     )
     cat = pd.read_parquet(out)
-    assert cat["id"].tolist() == ["DES00003", "DES00077", "DES00150"]  # Store order, once each
+    assert cat["id"].tolist() == ["DES00003", "DES00077", "DES00110"]  # Store order, once each
     ref = full.set_index("id").loc[cat["id"], "p_Q1"].to_numpy()
     np.testing.assert_array_equal(cat["p_Q1"].to_numpy(), ref)
     rej = pd.read_csv(rejects_path(out))
@@ -189,7 +189,7 @@ def test_mc_dropout_std_is_reproducible_and_p_unchanged(setup, parquet_run, tmp_
     full = parquet_run[1].iloc[:40]
     pd.DataFrame({"id": full["id"]}).to_csv(tmp_path / "first40.csv", index=False)
     kw = dict(store=store, catalog=tmp_path / "first40.csv", shard_size=16, progress=False,
-              mc_dropout=4)
+              mc_dropout=3)
     a = pd.read_parquet(predict_catalog(models[:1], tmp_path / "a.parquet", **kw))
     b = pd.read_parquet(predict_catalog(models[:1], tmp_path / "b.parquet", **kw))
     c = pd.read_parquet(predict_catalog(models[:1], tmp_path / "c.parquet", seed=1, **kw))
@@ -254,7 +254,7 @@ def test_images_folder_with_unreadable_and_wrong_shape_files(setup, tmp_path):
 
 def test_killed_run_resumes_to_the_same_catalogue(tmp_path):
     """SIGKILL a CLI run once some shards are committed; the rerun finishes every galaxy once."""
-    n, shard = 384, 24
+    n, shard = 256, 16
     store = _make_store(tmp_path / "store", n, seed=5)
     models = _make_models(tmp_path, tasks=("Q1",))
     out = tmp_path / "killed.parquet"
@@ -297,3 +297,22 @@ def test_unfinished_run_with_other_options_is_refused(setup, tmp_path):
     (parts_dir(out) / "plan.json").write_text(json.dumps({"run_id": "0" * 16}))
     with pytest.raises(InputError, match="unfinished run"):
         predict_catalog(models[:1], out, store=store, progress=False)
+
+
+def test_real_sdss_jpegs_are_classified_from_a_folder(shared_data, tmp_path):
+    """The --images path on 24 real SkyServer JPEGs (../shared/data/sdss_gz1), one id absent."""
+    labels = pd.read_csv(shared_data / "sdss_gz1" / "labels.csv", nrows=24)
+    cat = pd.DataFrame({"id": labels["objid"].astype(str), "file": labels["file"]})
+    cat.loc[len(cat)] = {"id": "123", "file": "images/123.jpeg"}
+    cat.to_csv(tmp_path / "cat.csv", index=False)
+    models = _make_models(tmp_path, tasks=("Q1",))
+    out = predict_catalog(models, tmp_path / "sdss.fits", images=shared_data / "sdss_gz1",
+                          catalog=tmp_path / "cat.csv", survey="sdss", progress=False)
+    from astropy.table import Table
+
+    t = Table.read(out, hdu="CATALOGUE")
+    assert list(t["id"]) == labels["objid"].astype(str).tolist()
+    p = np.asarray(t["p_Q1"])
+    assert np.isfinite(p).all() and ((p > 0) & (p < 1)).all() and p.std() > 0
+    rej = pd.read_csv(rejects_path(out), dtype=str)
+    assert rej["id"].tolist() == ["123"] and "file not found" in rej["reason"][0]

@@ -115,6 +115,15 @@ def test_end_to_end_study_with_the_real_engine(tmp_path):
             want = ref[k]
             assert (row[k] is None and not np.isfinite(want)) or row[k] == want, (row["task"], k)
         assert row["n_test"] == len(g) and row["n_pos"] == int(g["label"].sum())
+        # metrics at the model's own validation threshold (from its card, carried in predictions)
+        thr = g["p_threshold_val"].iloc[0]
+        if np.isfinite(thr):
+            bv = metrics.binary_metrics(g["label"].to_numpy(), g["p"].to_numpy(), p_threshold=thr)
+            assert row["val_threshold"]["tpr"] == bv["tpr"] and row["val_threshold"]["p_threshold"] == thr
+    assert np.isfinite(preds["p_threshold_val"]).any()
+    # (0) and (a) share the source model's threshold
+    q1 = preds[preds["task"] == "Q1"]
+    assert q1[q1["experiment"] == "0"]["p_threshold_val"].iloc[0] == q1[q1["experiment"] == "a"]["p_threshold_val"].iloc[0]
     # Table 2 of a single seed is the per-seed row itself
     q1b = t2[(t2["question"] == "Q1") & (t2["experiment"] == "b")].iloc[0]
     ps = next(r for r in doc["per_seed"] if r["task"] == "Q1" and r["experiment"] == "b" and r["n_train_target"] == 40)

@@ -354,7 +354,8 @@ def test_ds18_starts_from_keras_initialisation():
     # Glorot-uniform limit sqrt(6 / (fan_in + fan_out)) for the 36,992 -> 64 dense layer
     limit = (6 / (36_992 + 64)) ** 0.5
     assert dense.abs().max() <= limit and dense.abs().max() > 0.99 * limit
-    assert all(float(p.abs().sum()) == 0 for n, p in m.named_parameters() if n.endswith("bias"))
+    biases = [p.detach() for n, p in m.named_parameters() if n.endswith("bias")]
+    assert len(biases) == 6 and all(float(b.abs().sum()) == 0 for b in biases)
 
 
 def test_fast_dropout_keeps_the_right_fraction_and_is_seeded():
@@ -394,3 +395,16 @@ def test_inference_max_pool_equals_torch_max_pool():
     xg = x.clone().requires_grad_(True)
     MaxPool2d(2)(xg).sum().backward()
     assert xg.grad.sum().item() == 3 * 8 * 34 * 34
+
+
+def test_predict_tensor_refuses_wrong_shapes():
+    from morphtransfer.train import predict_tensor
+
+    m = DS18()
+    with pytest.raises(InputError, match=r"\(2, 3, 64, 64\) do not fit"):
+        predict_tensor(m, torch.zeros(2, 3, 64, 64))
+    with pytest.raises(InputError, match="do not fit"):
+        predict_tensor(m, torch.zeros(3, 69, 69))
+    p = predict_tensor(m, torch.zeros(2, 3, 69, 69))
+    assert p.shape == (2,) and np.all((p > 0) & (p < 1))
+    assert m.training  # the caller's mode is restored

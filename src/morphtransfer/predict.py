@@ -52,6 +52,8 @@ META_KEY = b"morphtransfer"
 # shard of 3 models is a ~20 s unit of work on 2 CPU cores (little lost when killed), and 300
 # million galaxies make ~18,000 shard files, few enough for one folder.
 DEFAULT_SHARD_SIZE = 16384
+# Shard k is row group k of the plan; pyarrow caps row groups at 1,048,576 rows by default.
+MAX_SHARD_SIZE = 1 << 20
 # Micro-batch of the network on CPU. Measured on 2 Zen-5 cores (DS18, channels_last): 32-64
 # galaxies run ~1.5x faster than 1024 because one layer's activations (32 x 32 ch x 69 x 69 x 4 B
 # = 19 MB) stay in L2+L3 cache. On a GPU the whole read batch goes through at once.
@@ -806,6 +808,7 @@ def predict_catalog(
     device: str | None = None,
     num_workers: int | None = None,
     num_threads: int | None = None,
+    reader_threads: int | None = None,
 ) -> Path:
     """Classify every galaxy of a Store (or a folder of cutouts) with every model; returns ``out``.
 
@@ -817,8 +820,14 @@ def predict_catalog(
     gives the band order of composites and the pixel scale; ``catalog`` may list id, file, ra,
     dec, r90_arcsec). With a Store, ``catalog`` (a table with an ``id`` column) selects galaxies.
     engine: "local" or "ray" (``address``: a Ray cluster, e.g. "auto"; None starts a local Ray).
-    mc_dropout: N > 0 adds ``p_<task>_std`` and ``p_<task>_mc_mean`` over N passes with dropout on.
+    mc_dropout: N >= 2 adds ``p_<task>_std`` and ``p_<task>_mc_mean`` over N passes with dropout
+    on (masks seeded by ``seed`` and the shard, so a rerun gives the same numbers).
     precision: "32-true" (float32) or "bf16" (bfloat16 weights and activations).
+    batch_size: images read per batch (on CPU the network runs them in micro-batches of
+    CPU_COMPUTE_BATCH, which is faster there); shard_size: galaxies per committed shard, the unit
+    of resumption and of Ray tasks. device: "cpu", "cuda" (default: cuda when available).
+    num_workers: Ray actors (default one per GPU, else one per 2 CPUs); num_threads: torch threads
+    of the local engine; reader_threads: threads reading ahead (default 1 on CPU, 8 on a GPU).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -829,8 +838,11 @@ def predict_catalog(
         raise InputError(f"unknown engine {engine!r}; use 'local' or 'ray'")
     if (store is None) == (images is None):
         raise InputError("give exactly one input: a Store (--store) or a folder of cutouts (--images)")
-    if int(batch_size) < 1 or int(shard_size) < 1:
-        raise InputError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be >= 1")
+    if int(batch_size) < 1 or not 1 <= int(shard_size) <= MAX_SHARD_SIZE:
+        raise InputError(
+            f"batch_size ({batch_size}) must be >= 1 and shard_size ({shard_size}) between 1 and "
+            f"{MAX_SHARD_SIZE:,}"
+        )
     if int(mc_dropout) < 0 or int(mc_dropout) == 1:
         raise InputError(f"--mc-dropout {mc_dropout}: give 0 (off) or N >= 2 passes for a std")
     dev = device or _default_device()
@@ -878,7 +890,13 @@ def predict_catalog(
             "pixel_scale_arcsec": sv.pixel_scale_arcsec if sv else None,
             "image_size": int(cards[0].get("image_size", 69)),
         }
-        identity = {"files": None}
+        if catalog is None:  # the folder's listing is the input: a new file means a new run
+            if not Path(images).is_dir():
+                raise InputError(f"--images {images} is not a folder of cutouts")
+            listing = "\n".join(f"{p.name}:{p.stat().st_size}" for p in _list_image_files(Path(images)))
+            identity = {"files_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+        else:
+            identity = {}
         make_plan = lambda: _plan_from_images(Path(images), catalog)  # noqa: E731
 
     fingerprint = {
@@ -923,6 +941,8 @@ def predict_catalog(
         table = pa.Table.from_pandas(plan, preserve_index=False)
         tmp = parts / "plan.parquet.tmp"
         pq.write_table(table, tmp, row_group_size=int(shard_size))
+        if pq.ParquetFile(tmp).num_row_groups != n_shards:  # row group k is shard k
+            raise RuntimeError(f"plan {tmp} was not split into {n_shards} row groups")
         os.replace(tmp, parts / "plan.parquet")
         _atomic_write_text(
             plan_json,
@@ -943,6 +963,7 @@ def predict_catalog(
         "batch_size": int(batch_size),
         "device": device,
         "num_threads": num_threads,
+        "reader_threads": reader_threads,
     }
     done_rows = n_rows - sum(_shard_len(k, n_rows, int(shard_size)) for k in pending)
 

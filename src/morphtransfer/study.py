@@ -941,11 +941,21 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
 
 
 def collect_predictions(paths: StudyPaths, experiments: list[Experiment]) -> pd.DataFrame:
+    """Every finished experiment's test predictions, with the model's validation threshold.
+
+    ``p_threshold_val``: the threshold the engine chose on the model's own validation galaxies
+    (Youden's J; in the model card). The study notes that P_th = 0.5 is not optimal for a model
+    applied to another survey; (0) and (a) share the source model's, chosen on source data.
+    """
     frames = []
     for exp in experiments:
         f = paths.experiment(exp) / "predictions.parquet"
         if f.exists():
-            frames.append(pd.read_parquet(f))
+            d = pd.read_parquet(f)
+            card = paths.model(exp) / "card.json"
+            thr = json.loads(card.read_text()).get("p_threshold_val") if card.exists() else None
+            d["p_threshold_val"] = float(thr) if thr is not None else np.nan
+            frames.append(d)
     if not frames:
         return pd.DataFrame(columns=["id", "task", "experiment", "seed", "n_train", "split", "label", "p"])
     return pd.concat(frames, ignore_index=True)

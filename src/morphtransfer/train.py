@@ -361,7 +361,8 @@ def _lightning_module_class():
             if val_loss < self.best_val_loss:
                 self.best_val_loss = val_loss
                 self.best_epoch = int(self.current_epoch)
-                self.best_state = {k: v.detach().to("cpu", copy=True)
+                # keys as the plain network's (torch.compile prefixes them with _orig_mod.)
+                self.best_state = {k.removeprefix("_orig_mod."): v.detach().to("cpu", copy=True)
                                    for k, v in self.model.state_dict().items()}
             self.log("best_val_loss", self.best_val_loss, on_epoch=True, sync_dist=False)
 
@@ -681,10 +682,17 @@ def _autocast(device: torch.device, precision: str):
 def predict_tensor(model: nn.Module, images, *, batch_size: int = 512,
                    precision: str = "32-true", channels_last: bool = True) -> np.ndarray:
     """P(positive) for images in memory (n, bands, 69, 69), in eval mode, in batches."""
+    x_all = torch.as_tensor(images)
+    base = getattr(model, "_orig_mod", model)
+    want = (getattr(base, "in_channels", 3), getattr(base, "image_size", 69))
+    if x_all.ndim != 4 or tuple(x_all.shape[1:]) != (want[0], want[1], want[1]):
+        raise InputError(
+            f"images of shape {tuple(x_all.shape)} do not fit the network, which takes "
+            f"(n, {want[0]}, {want[1]}, {want[1]}); cut them to 69 x 69 with the model's bands"
+        )
     was_training = model.training
     model.eval()
     device = _device_of(model)
-    x_all = torch.as_tensor(images)
     out = np.empty(len(x_all), dtype=np.float32)
     try:
         for s in range(0, len(x_all), batch_size):
