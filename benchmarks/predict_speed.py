@@ -148,16 +148,18 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         paths = [save_model(model, tmp / f"m{t}", {"task": t, "survey": "sdss"})
                  for t in ("Q1", "Q2", "Q3")]
-        imgs, truth = blobs(args.n, np.random.default_rng(7))
         rows = pd.DataFrame({"id": [f"g{i:07d}" for i in range(args.n)],
                              "ra": np.linspace(0, 360, args.n, endpoint=False),
                              "dec": np.zeros(args.n)})
         store = tmp / "store"
         w = StoreWriter(store, survey="des", bands=["g", "r", "i"])
-        for s in range(0, args.n, 2048):
-            w.append(rows.iloc[s : s + 2048], imgs[s : s + 2048])
-        sample = torch.from_numpy(imgs[: min(args.n, 2048)].copy())
-        del imgs
+        rng, truth, sample = np.random.default_rng(7), [], None
+        for s in range(0, args.n, 2048):  # in chunks: a GPU-sized --n does not fit in memory
+            imgs, y = blobs(min(2048, args.n - s), rng)
+            w.append(rows.iloc[s : s + len(y)], imgs)
+            truth.append(y)
+            sample = torch.from_numpy(imgs) if sample is None else sample
+        truth = np.concatenate(truth)
 
         threads = torch.get_num_threads()
         flops = forward_flops(model)

@@ -416,6 +416,8 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", message=r".*number of training batches.*")
     warnings.filterwarnings("ignore", message=r".*treespec.*")
     warnings.filterwarnings("ignore", message=r".*no `val_dataloader`.*")
+    # a resumed run keeps its earlier epochs: _tidy_log merges them back into metrics.csv
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory.*")
 
 
 # ---- training --------------------------------------------------------------------------------
