@@ -338,8 +338,10 @@ class _ImagesSource:
         for i in np.nonzero(ok)[0]:
             path = self.dir / files[i]
             try:
+                # decode JPEGs at the same DCT reduction as `ingest` (>= 2x the model input), so
+                # the model sees at prediction time exactly the pixels it was trained on
                 cut = read_cutout(
-                    path, bands=self.bands, survey=self.survey, min_size=self.image_size
+                    path, bands=self.bands, survey=self.survey, min_size=2 * self.image_size
                 )
                 scale = cut.pixel_scale_arcsec
                 if scale is None and self.pixel_scale_arcsec:

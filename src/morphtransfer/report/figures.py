@@ -134,9 +134,16 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
     return _save(fig, out_dir / "label_budget.png")
 
 
-def _rgb(img: np.ndarray) -> np.ndarray:
+# Simulated galaxies fill the central ~20 pixels of the 69 x 69 input (cutouts of ~10 x R90):
+# the figures show the central 35 x 35 so that arms and bars are visible at print size.
+DISPLAY_CROP = 17
+
+
+def _rgb(img: np.ndarray, crop: int = DISPLAY_CROP) -> np.ndarray:
     """g, r, i -> blue, green, red with an asinh stretch (each band is already max-normalised)."""
     x = np.clip(np.asarray(img, dtype="float64"), 0, None)
+    if crop:
+        x = x[:, crop:-crop, crop:-crop]
     rgb = np.stack([x[2], x[1], x[0]], axis=-1) if x.shape[0] >= 3 else np.repeat(x[:1].T, 3, -1)
     # a strong stretch: faint outer disks, arms and bars are what the eye must compare
     rgb = np.arcsinh(rgb / 0.02) / np.arcsinh(1 / 0.02)
@@ -205,7 +212,7 @@ def examples_figure(source_store, target_store, out_dir: Path, per_kind: int = 2
                 ax.set_title(f"{ex['kind'].iloc[j]}\n{ex['id'].iloc[j]}", fontsize=7)
             if j == 0:
                 ax.set_ylabel((st.survey or f"store {i}").upper(), fontsize=9)
-    fig.suptitle("The same galaxies seen by each survey (model inputs, 69 x 69, g r i)", fontsize=9)
+    fig.suptitle("The same galaxies seen by each survey (model inputs, central 35 x 35 of 69 x 69 pixels, g r i)", fontsize=9)
     return _save(fig, out_dir / "examples.png")
 
 
@@ -251,5 +258,6 @@ def false_positives_figure(preds: pd.DataFrame, main_n: dict[str, int], target_s
     n_true = int((fp["truth"] > 0.5).sum()) if np.isfinite(fp["truth"]).all() else None
     sub = f"{len(fp)} false positives" + (
         f", {n_true} of them truly barred (volunteers missed the bar)" if n_true is not None else "")
-    fig.suptitle(f"Q3: DES galaxies model ({experiment}) calls barred, volunteers do not - {sub}", fontsize=9)
+    fig.suptitle(f"Q3: DES galaxies model ({experiment}) calls barred, volunteers do not - {sub}\n"
+                 "(central 35 x 35 of the 69 x 69 model input; 'votes' = DES bar-yes fraction)", fontsize=9)
     return _save(fig, out_dir / "false_positives_q3.png")
