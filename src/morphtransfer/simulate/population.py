@@ -332,15 +332,12 @@ def draw_galaxy(seed: int, index: int) -> Galaxy:
     jitter = tuple(float(x) for x in rng.normal(0, [0.05, 0.03, 0.04]))
     disk = bool(rng.uniform() < DISK_FRACTION)
 
-    if not disk:
-        log_r = -0.4 * EARLY_A * abs_mag + EARLY_B + rng.normal(0, EARLY_SCATTER_DEX)
-        r50_target = 10**log_r * kpc
-        n = quantise_sersic_n(rng.uniform(2.5, 6.0))
-        cigar = rng.uniform() < CIGAR_FRACTION
-        q = float(rng.uniform(CIGAR_Q_MIN, 0.5) if cigar else rng.uniform(0.5, 1.0))
-        f_p, r50, r90 = petrosian_quantities([(1.0, n, 1.0)])
-        hlr = r50_target / r50  # the size relation is in Petrosian R50
-        g = Galaxy(
+    def sized(comps) -> tuple[float, dict]:
+        """Scale of the light profile ``comps`` that puts its Petrosian R50 on the size relation
+        (``r50_target``), and the Galaxy fields every morphology shares."""
+        f_p, r50, r90 = petrosian_quantities(comps)
+        scale = r50_target / r50
+        return scale, dict(
             index=index,
             id=galaxy_id(index),
             ra=ra,
@@ -348,16 +345,21 @@ def draw_galaxy(seed: int, index: int) -> Galaxy:
             redshift=z,
             mag_r=mag_r,
             flux_r=mag_to_flux(mag_r) / f_p,
-            r90_arcsec=r90 * hlr,
-            r50_arcsec=r50 * hlr,
-            disk=False,
+            r90_arcsec=r90 * scale,
+            r50_arcsec=r50 * scale,
+            disk=disk,
             position_angle_deg=pa,
-            sersic_n=n,
-            sersic_hlr_arcsec=hlr,
-            sersic_q=q,
             colour_jitter=jitter,
         )
-        return g
+
+    if not disk:
+        log_r = -0.4 * EARLY_A * abs_mag + EARLY_B + rng.normal(0, EARLY_SCATTER_DEX)
+        r50_target = 10**log_r * kpc
+        n = quantise_sersic_n(rng.uniform(2.5, 6.0))
+        cigar = rng.uniform() < CIGAR_FRACTION
+        q = float(rng.uniform(CIGAR_Q_MIN, 0.5) if cigar else rng.uniform(0.5, 1.0))
+        hlr, common = sized([(1.0, n, 1.0)])  # the size relation is in Petrosian R50
+        return Galaxy(**common, sersic_n=n, sersic_hlr_arcsec=hlr, sersic_q=q)
 
     lum_term = math.log10(1 + 10 ** (-0.4 * (abs_mag - LATE_M0)))
     log_r = (
@@ -408,20 +410,9 @@ def draw_galaxy(seed: int, index: int) -> Galaxy:
         knot_xy, knot_weights, n_arm_knots = np.zeros((0, 2)), np.zeros(0), 0
     # Sizes: set the disk hlr so the Petrosian R50 of disk+bulge matches the size relation
     comps = [(1 - bt, 1.0, 1.0), (bt, n_b, bulge_rel)] if bt > 0 else [(1.0, 1.0, 1.0)]
-    f_p, r50, r90 = petrosian_quantities(comps)
-    hlr_d = r50_target / r50
-    g = Galaxy(
-        index=index,
-        id=galaxy_id(index),
-        ra=ra,
-        dec=dec,
-        redshift=z,
-        mag_r=mag_r,
-        flux_r=mag_to_flux(mag_r) / f_p,
-        r90_arcsec=r90 * hlr_d,
-        r50_arcsec=r50 * hlr_d,
-        disk=True,
-        position_angle_deg=pa,
+    hlr_d, common = sized(comps)
+    return Galaxy(
+        **common,
         sersic_n=n_b,
         sersic_hlr_arcsec=bulge_rel * hlr_d,
         sersic_q=q_b,
@@ -438,9 +429,7 @@ def draw_galaxy(seed: int, index: int) -> Galaxy:
         bar_length_arcsec=bar_rel * hlr_d,
         bar_axis_ratio=bar_q,
         bar_angle_deg=bar_angle,
-        colour_jitter=jitter,
         knot_xy=knot_xy,
         knot_weights=knot_weights,
         n_arm_knots=n_arm_knots,
     )
-    return g
