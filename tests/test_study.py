@@ -223,3 +223,24 @@ def test_same_galaxy_under_another_id_is_kept_out_of_source_training(pair):
     sp2 = study.make_splits(s_cat.drop(columns=["ra", "dec"]), t_cat.drop(columns=["ra", "dec"]), "Q1", cfg)
     test2 = {i[len("des_"):] for i in sp2[sp2["role"] == "target_test"]["id"]}
     assert set(sp2[sp2["role"] == "source_train"]["id"]) & test2
+
+
+def test_simulated_pair_of_another_simulator_version_is_refused(tmp_path):
+    """A run folder simulated by another simulator version is not silently reused."""
+    import json
+
+    from rich.console import Console
+
+    from morphtransfer.errors import InputError
+    from morphtransfer.simulate.pipeline import SIMULATOR_VERSION
+    from morphtransfer.study import _ensure_simulated, load_config
+
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    (data / "simulated.json").write_text(json.dumps({"n_galaxies": 10, "seed": 0}))  # version 1
+    with pytest.raises(InputError, match="simulator version 1"):
+        _ensure_simulated(data, load_config("quick"), Console(quiet=True), 10)
+    (data / "simulated.json").write_text(
+        json.dumps({"n_galaxies": 10, "seed": 0, "simulator_version": SIMULATOR_VERSION}))
+    _ensure_simulated(data, load_config("quick"), Console(quiet=True), 10)  # found: no simulation
+    assert not (data / "sdss").exists()

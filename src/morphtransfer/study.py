@@ -815,10 +815,21 @@ def run_study(
 
 def _ensure_simulated(data: Path, cfg: dict, console, n: int) -> None:
     sim = cfg.get("simulate", {})
+    from morphtransfer.simulate.pipeline import SIMULATOR_VERSION
+
     done = data / "simulated.json"
-    if done.exists() and json.loads(done.read_text()).get("n_galaxies") == n:
-        console.print(f"  simulated SDSS/DES pair found in {data} ({n} galaxies)", highlight=False)
-        return
+    if done.exists():
+        made = json.loads(done.read_text())
+        version = made.get("simulator_version", 1)
+        if version != SIMULATOR_VERSION:
+            raise InputError(
+                f"{data} holds galaxies from simulator version {version}, this morphtransfer "
+                f"simulates version {SIMULATOR_VERSION}: results would mix the two. Delete the run "
+                f"folder {data.parent} (or give another --out) to start the study afresh"
+            )
+        if made.get("n_galaxies") == n:
+            console.print(f"  simulated SDSS/DES pair found in {data} ({n} galaxies)", highlight=False)
+            return
     sim_rate, _, _ = _rates(cfg)
     console.print(
         f"  simulating {n} galaxies seen by SDSS and DES into {data} "
@@ -829,6 +840,7 @@ def _ensure_simulated(data: Path, cfg: dict, console, n: int) -> None:
     _simulate(n, int(sim.get("seed", 0)), data, int(sim.get("workers", 2)))
     data.mkdir(parents=True, exist_ok=True)
     _write_atomic(done, json.dumps({"n_galaxies": n, "seed": int(sim.get("seed", 0)),
+                                    "simulator_version": SIMULATOR_VERSION,
                                     "elapsed_s": round(time.time() - t0, 1)}))
 
 

@@ -29,9 +29,15 @@ from scipy import special
 from morphtransfer.errors import InputError
 from morphtransfer.surveys import mag_to_flux
 
-# --- selection of the SDSS main galaxy sample -------------------------------------------------
-# r-band Petrosian magnitude 14 - 17.77 (Strauss et al. 2002, AJ 124, 1810), redshift < 0.25.
-MAG_R_MIN, MAG_R_MAX = 14.0, 17.77
+# --- selection: the Galaxy Zoo 2 sample the study trained and tested on -------------------------
+# The SDSS main galaxy sample reaches r = 17.77 (Strauss et al. 2002, AJ 124, 1810), but GZ2, whose
+# labels and images the study used (Dominguez Sanchez et al. 2018, 2019), kept its brighter, larger
+# part: Petrosian r < 17.0 and petroR90_r > 3 arcsec (Willett et al. 2013, MNRAS 435, 2835, Sec. 2).
+# Size matters here: the model input is 10 x R90 across in 69 pixels, so a small galaxy's bar or
+# arms span fewer PSF widths. Redshift < 0.25.
+MAG_R_MIN, MAG_R_MAX = 14.0, 17.0
+R90_MIN_ARCSEC = 3.0
+MAG_MAIN_SAMPLE_LIMIT = 17.77  # the pivot of the magnitude-redshift relation below
 Z_MAX = 0.25
 # Differential number counts dN/dm ~ 10^(0.6 m) (Euclidean-like slope; Yasuda et al. 2001, AJ 122,
 # 1104 measure ~0.6 for bright SDSS galaxies).
@@ -52,7 +58,7 @@ LATE_SCATTER_DEX, EARLY_SCATTER_DEX = 0.20, 0.15
 
 # Mixture: fraction of true disks. Chosen (with the volunteer model) so that about 1/3 of the
 # robust Q1 galaxies of the DES sample are disks (the study's Table 1 / Section 2).
-DISK_FRACTION = 0.45
+DISK_FRACTION = 0.39
 # Optical bar fraction of disks ~30-50% (e.g. Masters et al. 2011, GZ2: ~30% of disks); bars
 # strong enough for volunteers are rarer, which the strength distribution below provides.
 BAR_FRACTION = 0.35
@@ -314,13 +320,24 @@ def _log_spiral_knots(rng, n_arms, pitch_deg, n_per_arm, r_min=0.5, r_max=3.5):
 
 
 def draw_galaxy(seed: int, index: int) -> Galaxy:
-    """Draw galaxy ``index`` of the population of ``seed`` (deterministic)."""
+    """Draw galaxy ``index`` of the population of ``seed`` (deterministic).
+
+    Galaxies below the sample's size limit (R90_MIN_ARCSEC) are drawn again from the same
+    generator, as a survey selection removes them: still a function of (seed, index) only."""
     rng = galaxy_rng(seed, index, 0)
-    # magnitude from the counts, by inverting the cumulative of 10^(a m) on [14, 17.77]
+    for _ in range(1000):
+        g = _draw_one(rng, index)
+        if g.r90_arcsec >= R90_MIN_ARCSEC:
+            return g
+    raise RuntimeError(f"galaxy {index}: no draw passed R90 >= {R90_MIN_ARCSEC} arcsec in 1000 tries")
+
+
+def _draw_one(rng: np.random.Generator, index: int) -> Galaxy:
+    # magnitude from the counts, by inverting the cumulative of 10^(a m) on [MAG_R_MIN, MAG_R_MAX]
     a = COUNT_SLOPE * math.log(10)
     lo, hi = math.exp(a * MAG_R_MIN), math.exp(a * MAG_R_MAX)
     mag_r = math.log(lo + rng.uniform() * (hi - lo)) / a
-    z = 10 ** (Z_ZP + Z_SLOPE * (mag_r - MAG_R_MAX) + rng.normal(0, Z_SCATTER_DEX))
+    z = 10 ** (Z_ZP + Z_SLOPE * (mag_r - MAG_MAIN_SAMPLE_LIMIT) + rng.normal(0, Z_SCATTER_DEX))
     z = float(min(max(z, 0.01), Z_MAX - 1e-3))
     # r-band K-correction ~0.9 z for typical colours at z < 0.25 (Blanton & Roweis 2007 trend)
     abs_mag = mag_r - float(distance_modulus(z)) - 0.9 * z

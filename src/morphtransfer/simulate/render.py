@@ -2,7 +2,7 @@
 then the study's preprocessing (cutout ~10 x R90, area-averaged to 69 x 69, each band / its max).
 
 How a galaxy is drawn, and why it is fast: GalSim evaluates each component's Fourier transform
-(``drawKImage``: thick inclined exponential disk, Sersic bulge or spheroid, sheared Gaussian bar)
+(``drawKImage``: thick inclined exponential disk, Sersic bulge or spheroid, flat Ferrers-like bar)
 once per survey on the k-grid of the survey's cutout. Every band is then a linear combination of
 those same component transforms (band fluxes differ: bulges redder than disks), multiplied by the
 band's PSF and the pixel response, and brought back with one inverse real FFT. This is what
@@ -166,6 +166,35 @@ def _projection(g: Galaxy) -> np.ndarray:
     return rot @ np.diag([1.0, c])
 
 
+BAR_PROFILE = "flat"  # "flat" (Ferrers-like, the default) or "gaussian" (simulator_version 1)
+
+
+def bar_profile(g: Galaxy) -> galsim.GSObject:
+    """The bar in the sky plane (before the galaxy's position angle), unit flux.
+
+    Bars are flat along their major axis and end steeply: their light profiles are fitted with
+    Ferrers functions, flat or shallow inside and truncated at the bar end (Elmegreen & Elmegreen
+    1985; Gadotti 2011, MNRAS 415, 3308). Drawn as a uniform rectangle of 1.5 a x 1.5 b (a the
+    semi-major axis, b = q a) whose edges are softened by a Gaussian of sigma 0.3 b: the surface
+    brightness is flat to ~0.75 a and falls to zero by ~a, in the disk plane, then projected with
+    the disk. A Gaussian of the same a (simulator_version 1) puts most of its light inside a / 2,
+    where it reads as an elongated bulge rather than a bar.
+    """
+    deg = galsim.degrees
+    a, q = g.bar_length_arcsec, g.bar_axis_ratio
+    if BAR_PROFILE == "gaussian":
+        # semi-major a ~ 2 sigma along the major axis; shear preserves area: round sigma x sqrt(q)
+        bar = galsim.Gaussian(sigma=0.5 * a * math.sqrt(q), gsparams=GSPARAMS).shear(
+            q=q, beta=g.bar_angle_deg * deg)
+    else:
+        b = q * a
+        bar = galsim.Convolve(
+            galsim.Box(width=1.5 * a, height=1.5 * b, gsparams=GSPARAMS),
+            galsim.Gaussian(sigma=0.3 * b, gsparams=GSPARAMS),
+        ).rotate(g.bar_angle_deg * deg)
+    return bar.transform(1.0, 0.0, 0.0, g.projected_cos)
+
+
 def component_kimages(g: Galaxy, grid: KGrid) -> dict[str, np.ndarray]:
     """Unit-flux Fourier transforms of the galaxy's components on the grid."""
     g.validate()
@@ -189,14 +218,7 @@ def component_kimages(g: Galaxy, grid: KGrid) -> dict[str, np.ndarray]:
         ).shear(q=min(g.sersic_q, 1.0), beta=pa)
         out["bulge"] = grid.draw(bulge)
     if g.bar and g.bar_strength > 0:
-        # bar semi-major length ~ 2 sigma along the major axis; shear preserves area, so the
-        # round sigma is sigma_major * sqrt(q)
-        sig = 0.5 * g.bar_length_arcsec * math.sqrt(g.bar_axis_ratio)
-        bar = galsim.Gaussian(sigma=sig, gsparams=GSPARAMS).shear(
-            q=g.bar_axis_ratio, beta=g.bar_angle_deg * deg
-        )
-        bar = bar.transform(1.0, 0.0, 0.0, g.projected_cos).rotate(pa).withFlux(1.0)
-        out["bar"] = grid.draw(bar)
+        out["bar"] = grid.draw(bar_profile(g).rotate(pa).withFlux(1.0))
     if len(g.knot_weights):
         out["knots"] = knots_kimage(g, grid)
     return out
