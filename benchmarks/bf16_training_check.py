@@ -46,7 +46,8 @@ def main() -> None:
                                 precision=precision)
                 model = train_model(store, args.task, rows=train, recipe=recipe,
                                     out=f"{tmp}/{precision}_{seed}", progress=False)
-                p = predict_store(model, store, test)  # fp32 inference: only training differs
+                # fp32 inference: only training differs
+                p = predict_store(model, store, test, precision="32-true")
                 auc[precision].append(float(roc_auc(test["label"].to_numpy(), p)))
     fp32, bf16 = np.array(auc["32-true"]), np.array(auc["bf16-mixed"])
     print(json.dumps({

@@ -1,11 +1,14 @@
 """Training and inference throughput of DS18 on this machine; prints one JSON line.
 
     python benchmarks/train_speed.py [--store S --task Q1] [--n 600] [--epochs 3]
-                                     [--precision 32-true bf16-mixed] [--compile]
+                                     [--precision 32-true bf16-mixed] [--compile] [--ddp-cpu 2]
 
 Training is measured end to end through ``train_model`` (images read from a Store, Lightning,
 augmentation on the batch, batch 30): img/s over the epochs after the first (oneDNN builds its
-kernels in the first steps). Inference is ``predict_store`` (zarr reads overlapped, batch 512).
+kernels in the first steps). Inference is ``predict_store`` end to end: Zarr reads of 512
+galaxies overlapped with the network, which is the one inference loop (``inference.run_prepared``:
+a copy of the model, bf16 as cast weights rather than autocast, channels_last, micro-batches of
+32 on CPU); precision "bf16-mixed" there means bfloat16 weights and activations.
 Without --store a synthetic Store of blob images is built in a temporary folder.
 
 The ceiling is the faster of a large matmul and a large conv measured in the same run (fp32, bf16); the fraction of it each
@@ -111,6 +114,38 @@ def raw_loop_img_per_s(images: torch.Tensor, precision: str, steps: int = 20) ->
     return n / (time.perf_counter() - t), n / (time.process_time() - c) * torch.get_num_threads()
 
 
+DDP_SCRIPT = """
+import json, sys
+from morphtransfer.train import Recipe, train_model
+a = json.loads(sys.argv[1])
+train_model(a["store"], a["task"], recipe=Recipe(**a["recipe"]), out=a["out"], n_train=a["n_train"],
+            progress=False, accelerator="cpu", devices=a["devices"], strategy="ddp")
+"""
+
+
+def ddp_cpu_img_per_s(store, task, n_train, epochs, precision, devices, out) -> float:
+    """All-rank img/s of train_model under DDP on CPU processes, over the epochs after the first.
+
+    Lightning's "ddp" re-runs the calling script, so the training runs in a small script of its
+    own; Lightning gives each process cpu_count / devices threads. The figure is the module's
+    logged train_img_per_s (images of every rank over rank 0's epoch time, validation included).
+    """
+    import subprocess
+
+    script = Path(out).parent / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    arg = {"store": str(store), "task": task, "n_train": n_train, "out": str(out),
+           "devices": devices,
+           "recipe": {"max_epochs": epochs, "precision": precision, "early_stopping_patience": None}}
+    subprocess.run([sys.executable, str(script), json.dumps(arg)], check=True,
+                   capture_output=True, text=True)
+    log = pd.read_csv(Path(out) / "training_log.csv", index_col=0)
+    rates = log["train_img_per_s"].to_numpy()
+    steady = rates[1:] if len(rates) > 1 else rates
+    # the mean over epochs of equal size is the harmonic mean of the rates
+    return round(float(len(steady) / np.sum(1.0 / steady)), 1)
+
+
 def synthetic_store(path: Path, n: int):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_train import _votes, blob_images  # the test suite's round vs elongated blobs
@@ -132,9 +167,12 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-channels-last", action="store_true")
+    ap.add_argument("--ddp-cpu", type=int, default=0, metavar="N",
+                    help="also train with DDP over N CPU processes (1 thread each, gloo): "
+                         "train_model(devices=N, accelerator='cpu', strategy='ddp')")
     ap.add_argument("--infer-n", type=int, default=4096, help="galaxies predicted (store repeated)")
     ap.add_argument("--compile-infer", action="store_true",
-                    help="also time predict_store(compile=True) (adds 20-70 s of compilation)")
+                    help="also time the network torch.compile'd (adds 20-70 s of compilation)")
     args = ap.parse_args()
 
     import lightning as L
@@ -216,6 +254,10 @@ def main() -> None:
                 torch.from_numpy(store.read_images(store.catalog["image_index"][:600])), prec)
             result[f"raw_loop_train_img_per_s{tag}"] = round(raw_wall, 1)
             result[f"raw_loop_train_img_per_cpu_s_x_threads{tag}"] = round(raw_cpu, 1)
+            if args.ddp_cpu > 1:
+                result[f"train_img_per_s_ddp_cpu{args.ddp_cpu}{tag}"] = ddp_cpu_img_per_s(
+                    store.path, args.task, args.n if args.store else None, args.epochs, prec,
+                    args.ddp_cpu, tmp / f"model_ddp{tag}")
             result[f"train_first_epoch_s{tag}"] = round(clock.epochs[0][1], 2)
             result[f"train_total_s{tag}"] = round(total, 2)
             result[f"train_fraction_of_ceiling{tag}"] = round(train_ips * flops_train / 1e9 / ceiling, 3)
@@ -236,19 +278,24 @@ def main() -> None:
             result[f"infer_fraction_of_ceiling_cpu{tag}"] = round(
                 len(rows) / dc * threads * flops_fwd / 1e9 / ceiling_cpu, 3)
             if args.compile_infer:
+                # predict_store runs a copy of the model it is given, so a compiled network is
+                # timed through the loop itself (images in memory: the network alone), next to
+                # the same loop uncompiled
+                from morphtransfer.inference import prepare_model, run_prepared
                 from morphtransfer.models import load_model
 
-                net = load_model(out)[0].to(memory_format=torch.channels_last)
-                net = torch.compile(net, options={"freezing": True})
+                imgs = store.read_images(rows["image_index"].to_numpy())
+                net = prepare_model(load_model(out)[0], prec)
+                cnet = torch.compile(net, options={"freezing": True})
                 t = time.perf_counter()
-                predict_store(net, store, rows.iloc[:512], precision=prec)
+                run_prepared([cnet], imgs[:512])
                 result[f"infer_compile_s{tag}"] = round(time.perf_counter() - t, 1)
-                t, c = time.perf_counter(), time.process_time()
-                predict_store(net, store, rows, precision=prec)
-                dt, dc = time.perf_counter() - t, time.process_time() - c
-                result[f"infer_compiled_img_per_s{tag}"] = round(len(rows) / dt, 1)
-                result[f"infer_compiled_img_per_cpu_s_x_threads{tag}"] = round(
-                    len(rows) / dc * threads, 1)
+                for key, model in (("infer_network", net), ("infer_compiled_network", cnet)):
+                    t, c = time.perf_counter(), time.process_time()
+                    run_prepared([model], imgs)
+                    dt, dc = time.perf_counter() - t, time.process_time() - c
+                    result[f"{key}_img_per_s{tag}"] = round(len(rows) / dt, 1)
+                    result[f"{key}_img_per_cpu_s_x_threads{tag}"] = round(len(rows) / dc * threads, 1)
         result["load_avg_end"] = os.getloadavg()[0]
         print(json.dumps(result))
     finally:

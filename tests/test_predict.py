@@ -21,6 +21,7 @@ from morphtransfer.models import DS18, load_model, predict_proba, save_model
 from morphtransfer.predict import parts_dir, predict_catalog, read_provenance, rejects_path
 
 N_GALAXIES = 120
+FP32 = "32-true"  # tests comparing with predict_proba or the float32 run ask for float32
 
 
 def _make_store(path: Path, n: int, seed: int = 0) -> Path:
@@ -63,7 +64,9 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def parquet_run(setup):
     root, store, models = setup
-    out = predict_catalog(models, root / "cat.parquet", store=store, shard_size=64, progress=False)
+    # float32 explicitly: the default "auto" is bfloat16 on CPUs with AVX512-BF16
+    out = predict_catalog(models, root / "cat.parquet", store=store, shard_size=64, progress=False,
+                          precision=FP32)
     return out, pd.read_parquet(out)
 
 
@@ -97,7 +100,7 @@ def test_fits_has_units_header_provenance_and_same_numbers(setup, parquet_run):
 
     root, store, models = setup
     out = predict_catalog(models[:2], root / "cat.fits", store=store, shard_size=48, batch_size=20,
-                          progress=False)
+                          progress=False, precision=FP32)
     t = Table.read(out, hdu="CATALOGUE")
     assert str(t["ra"].unit) == "deg" and str(t["dec"].unit) == "deg"
     assert t.colnames == ["id", "ra", "dec", "p_Q1", "p_Q2"]
@@ -125,12 +128,12 @@ def test_rerun_is_a_no_op_and_cli_matches(setup, parquet_run):
     root, store, models = setup
     out, cat = parquet_run
     mtime = out.stat().st_mtime_ns
-    predict_catalog(models, out, store=store, shard_size=64, progress=False)
+    predict_catalog(models, out, store=store, shard_size=64, progress=False, precision=FP32)
     assert out.stat().st_mtime_ns == mtime  # complete and same fingerprint: nothing redone
     res = CliRunner().invoke(
         app,
         ["predict", "--models", str(models[0]), str(models[2]), "--store", str(store),
-         "--out", str(root / "cli.parquet"), "--no-progress"],
+         "--out", str(root / "cli.parquet"), "--no-progress", "--precision", FP32],
     )
     assert res.exit_code == 0, res.output
     assert f"{N_GALAXIES} galaxies classified" in res.output
@@ -171,7 +174,7 @@ def test_catalog_selects_galaxies_and_unknown_ids_go_to_rejects(setup, parquet_r
     pd.DataFrame({"id": pick}).to_csv(tmp_path / "sel.csv", index=False)
     out = predict_catalog(
         models[:1], tmp_path / "sel.parquet", store=store, catalog=tmp_path / "sel.csv",
-        shard_size=2, progress=False,
+        shard_size=2, progress=False, precision=FP32,
     )
     cat = pd.read_parquet(out)
     assert cat["id"].tolist() == ["DES00003", "DES00077", "DES00110"]  # Store order, once each
@@ -189,7 +192,7 @@ def test_mc_dropout_std_is_reproducible_and_p_unchanged(setup, parquet_run, tmp_
     full = parquet_run[1].iloc[:40]
     pd.DataFrame({"id": full["id"]}).to_csv(tmp_path / "first40.csv", index=False)
     kw = dict(store=store, catalog=tmp_path / "first40.csv", shard_size=16, progress=False,
-              mc_dropout=3)
+              mc_dropout=3, precision=FP32)
     a = pd.read_parquet(predict_catalog(models[:1], tmp_path / "a.parquet", **kw))
     b = pd.read_parquet(predict_catalog(models[:1], tmp_path / "b.parquet", **kw))
     c = pd.read_parquet(predict_catalog(models[:1], tmp_path / "c.parquet", seed=1, **kw))
@@ -211,6 +214,33 @@ def test_bf16_close_to_float32(setup, parquet_run, tmp_path):
         diff = np.abs(bf[f"p_{t}"].to_numpy() - full[f"p_{t}"].to_numpy())
         assert 0 < diff.max() < 0.02  # bf16 really used (not identical), yet close
     assert read_provenance(out)["precision"] == "bf16-true"
+
+
+def test_default_precision_is_auto_and_the_loop_is_predict_tensors(setup, tmp_path):
+    """The catalogue's default precision is bf16 exactly where bfloat16 is native, and its numbers
+    are those of train.predict_tensor (one inference loop: inference.run_prepared)."""
+    from morphtransfer.predict import bf16_supported, normalise_precision
+    from morphtransfer.train import predict_tensor
+
+    root, store, models = setup
+    st = Store(store)
+    imgs = st.read_images(st.catalog["image_index"].to_numpy())
+    model, _ = load_model(models[0])
+    want = "bf16-true" if bf16_supported("cpu") else "32-true"
+    for prec in ("32-true", None):  # None: the default
+        kw = {} if prec is None else {"precision": prec}
+        out = predict_catalog(models[:1], tmp_path / f"{prec}.parquet", store=store, shard_size=64,
+                              progress=False, device="cpu", **kw)
+        if prec is None:
+            assert read_provenance(out)["precision"] == want == normalise_precision("auto", "cpu")
+        p = pd.read_parquet(out)["p_Q1"].to_numpy()
+        # shards of 64 = two micro-batches of 32: the same batches as predict_tensor's
+        np.testing.assert_array_equal(p, predict_tensor(model, imgs, precision=prec or "auto"))
+    assert normalise_precision("bf16-mixed") == normalise_precision("bf16") == "bf16-true"
+    with pytest.raises(InputError, match="predict runs"):
+        normalise_precision("16-mixed")
+    with pytest.raises(InputError, match="unknown precision"):
+        normalise_precision("fp8")
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -235,7 +265,7 @@ def test_images_folder_with_unreadable_and_wrong_shape_files(setup, tmp_path):
     (d / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     _write_png(d / "grey.png", rng.integers(1, 255, (90, 90), dtype=np.uint8))
     out = predict_catalog(models[:1], tmp_path / "img.parquet", images=d, survey="sdss",
-                          shard_size=3, batch_size=2, progress=False)
+                          shard_size=3, batch_size=2, progress=False, precision=FP32)
     cat = pd.read_parquet(out)
     assert cat["id"].tolist() == [f"gal{i}" for i in range(5)]
     rej = pd.read_csv(rejects_path(out))

@@ -20,7 +20,7 @@ def test_ray_engine_matches_local_engine(tmp_path):
         tmp_path / "sel.csv", index=False
     )
     kw = dict(store=store, catalog=tmp_path / "sel.csv", shard_size=16, batch_size=8,
-              mc_dropout=2, progress=False)
+              mc_dropout=2, progress=False, precision="32-true")
     local = pd.read_parquet(predict_catalog(models, tmp_path / "local.parquet", **kw))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -235,10 +235,12 @@ def test_wrong_task_model_and_wrong_image_shape(scratch_model, blob_store, tmp_p
 def test_predict_store_matches_model_and_order(scratch_model, blob_store):
     model, _ = load_model(scratch_model)
     rows = blob_store.catalog.iloc[[5, 0, 150, 3]]
-    p = predict_store(scratch_model, blob_store, rows, batch_size=3)
+    p = predict_store(scratch_model, blob_store, rows, batch_size=3, precision="32-true")
     with torch.no_grad():
         ref = torch.sigmoid(model(torch.from_numpy(blob_store.read_images([5, 0, 150, 3])))).numpy()
     np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-5)
+    p16 = predict_store(scratch_model, blob_store, rows, batch_size=3, precision="bf16")
+    assert 0 < np.abs(p16 - ref).max() < 0.01  # bfloat16 really used, and close
     assert len(predict_store(model, blob_store)) == 200
 
 
@@ -408,3 +410,124 @@ def test_predict_tensor_refuses_wrong_shapes():
     p = predict_tensor(m, torch.zeros(2, 3, 69, 69))
     assert p.shape == (2,) and np.all((p > 0) & (p < 1))
     assert m.training  # the caller's mode is restored
+
+
+# ---- inference: one loop (inference.py), precision "auto" --------------------------------------
+def _spread_images_and_model(scratch_model, blob_store, n=40):
+    model, _ = load_model(scratch_model)
+    x = torch.from_numpy(blob_store.read_images(np.arange(n)))
+    with torch.no_grad():
+        ref = torch.stack([torch.sigmoid(model.eval()(x[i : i + 1]))[0] for i in range(n)]).numpy()
+    assert ref.std() > 0.05  # a trained model: probabilities spread, so the checks below bite
+    return model, x, ref
+
+
+def test_predict_tensor_float32_equals_plain_forward_for_any_batch(scratch_model, blob_store):
+    from morphtransfer.train import predict_tensor
+
+    model, x, ref = _spread_images_and_model(scratch_model, blob_store)
+    for batch in (1, 5, 33, 512):  # on CPU 33 and 512 run micro-batches of 32 and 8
+        p = predict_tensor(model, x, batch_size=batch, precision="32-true")
+        assert p.dtype == np.float32 and p.shape == (40,)
+        assert np.abs(p - ref).max() < 1e-6, batch
+    for name in ("bf16-mixed", "bf16-true", "bf16"):
+        p = predict_tensor(model, x, precision=name)
+        assert 0 < np.abs(p - ref).max() < 0.01, name  # bfloat16 really used, and close
+
+
+def test_bf16_prediction_leaves_the_callers_model_alone(scratch_model, blob_store):
+    from morphtransfer.train import predict_tensor
+
+    model, x, _ = _spread_images_and_model(scratch_model, blob_store, n=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for training in (True, False):
+        model.train(training)
+        predict_tensor(model, x, precision="bf16-mixed")
+        assert model.training is training
+        for k, v in model.state_dict().items():
+            assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
+            assert v.is_contiguous(), k  # not switched to channels_last either
+        assert all(m.training is training for m in model.modules())
+
+
+def test_auto_precision_is_bf16_exactly_where_bf16_is_native(monkeypatch, scratch_model, blob_store):
+    from morphtransfer import inference
+    from morphtransfer.train import predict_tensor
+
+    native = inference.bf16_supported("cpu")
+    assert inference.resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
+    assert Recipe().precision == "32-true"  # training is float32 unless asked (README: bf16 check)
+    model, x, ref = _spread_images_and_model(scratch_model, blob_store, n=16)
+    for flag, want in ((False, "32-true"), (True, "bf16-mixed")):
+        monkeypatch.setattr(inference, "bf16_supported", lambda device="cpu", f=flag: f)
+        assert inference.resolve_precision("auto", "cpu") == want
+        assert Recipe(precision="auto").precision == want
+        assert Recipe(precision="32-true").precision == "32-true"  # explicit float32 stays
+        assert inference.resolve_precision("32-true", "cpu") == "32-true"
+        d = np.abs(predict_tensor(model, x, precision="auto") - ref).max()
+        assert (d < 1e-6) if want == "32-true" else (0 < d < 0.01)
+    with pytest.raises(InputError, match="unknown precision 'fp8'"):
+        inference.resolve_precision("fp8")
+    with pytest.raises(InputError, match="precision"):
+        Recipe(precision="bf16-true")  # training: pure-bf16 weights are not offered
+
+
+def test_auto_recipe_card_records_the_resolved_precision(scratch_model, blob_store):
+    from morphtransfer.inference import resolve_precision
+
+    resolved = resolve_precision("auto")
+    card = json.loads((scratch_model / "card.json").read_text())
+    assert card["recipe"]["precision"] == "32-true"  # the fixture's Recipe(**FAST): the default
+    rows = _train_rows(blob_store)
+    mtime = (scratch_model / "weights.safetensors").stat().st_mtime_ns
+    # "auto" resolves when the Recipe is made: where bf16 is not native it is the same run as the
+    # fixture's float32 one (returned as it is); where it is, a different run (refused below)
+    assert Recipe(**FAST, precision="auto").precision == resolved in ("bf16-mixed", "32-true")
+    same = train_model(blob_store, "Q1", rows=rows, recipe=Recipe(**FAST, precision="32-true"),
+                       out=scratch_model, progress=False)
+    assert same == scratch_model
+    assert (scratch_model / "weights.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(InputError, match="trained differently"):
+        train_model(blob_store, "Q1", rows=rows, recipe=Recipe(**FAST, precision="bf16-mixed"),
+                    out=scratch_model, progress=False)
+
+
+def test_ddp_loaders_shard_training_and_validation_without_overlap():
+    from morphtransfer.train import InMemoryImages, _loaders
+
+    def ds(n):
+        return InMemoryImages(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 2, 2),
+                              torch.zeros(n), torch.ones(n))
+
+    fit_ds, val_ds = ds(71), ds(9)
+    recipe = Recipe(batch_size=30, seed=3, precision="32-true")
+    seen, val_seen = [], []
+    for rank in (0, 1):
+        fit, val = _loaders(fit_ds, val_ds, recipe, world_size=2, rank=rank)
+        fit.sampler.set_epoch(1)  # what Lightning does each epoch
+        batches = [b[0][:, 0, 0, 0].long().tolist() for b in fit]
+        assert [len(b) for b in batches] == [15, 15, 6]  # 36 each: 71 padded to 72, batch 30 / 2
+        seen.append(sum(batches, []))
+        val_seen.append(sum((b[0][:, 0, 0, 0].long().tolist() for b in val), []))
+    # the ranks cut one seeded permutation: every galaxy once, one repeat to pad 71 to 72
+    assert sorted(set(seen[0] + seen[1])) == list(range(71)) and len(seen[0] + seen[1]) == 72
+    # validation: every galaxy exactly once over the ranks (no padding repeats)
+    assert sorted(val_seen[0] + val_seen[1]) == list(range(9))
+    # one process: the whole set in batches of 30, as before
+    fit, val = _loaders(fit_ds, val_ds, recipe, world_size=1, rank=0)
+    assert [len(b[1]) for b in fit] == [30, 30, 11] and [len(b[1]) for b in val] == [9]
+
+
+def test_device_layouts_that_cannot_run_the_recipe_are_clear_errors(blob_store, tmp_path):
+    rows = _train_rows(blob_store)
+    # batch 30 cannot be split over 4 processes: refused before any process starts or file exists
+    with pytest.raises(InputError, match="does not divide by 4"):
+        train_model(blob_store, "Q1", rows=rows, recipe=Recipe(**FAST), out=tmp_path / "a",
+                    progress=False, accelerator="cpu", devices=4, strategy="ddp")
+    assert not (tmp_path / "a" / "run.json").exists()
+    with pytest.raises(InputError, match="spawn/fork"):
+        train_model(blob_store, "Q1", rows=rows, recipe=Recipe(**FAST), out=tmp_path / "b",
+                    progress=False, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    with pytest.raises(InputError, match="cannot run training on"):
+        train_model(blob_store, "Q1", rows=rows, recipe=Recipe(**FAST), out=tmp_path / "c",
+                    progress=False, strategy="no-such-strategy")

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from morphtransfer import __version__
 from morphtransfer.errors import InputError
+from morphtransfer.inference import CPU_COMPUTE_BATCH, bf16_supported  # noqa: F401 (re-exported)
 
 CATALOGUE_FORMAT = "morphtransfer-catalogue"
 CATALOGUE_VERSION = 1
@@ -54,24 +55,15 @@ META_KEY = b"morphtransfer"
 DEFAULT_SHARD_SIZE = 16384
 # Shard k is row group k of the plan; pyarrow caps row groups at 1,048,576 rows by default.
 MAX_SHARD_SIZE = 1 << 20
-# Micro-batch of the network on CPU. Measured on 2 Zen-5 cores (DS18, channels_last): 32-64
-# galaxies run ~1.5x faster than 1024 because one layer's activations (32 x 32 ch x 69 x 69 x 4 B
-# = 19 MB) stay in L2+L3 cache. On a GPU the whole read batch goes through at once.
-CPU_COMPUTE_BATCH = 32
+# The network's micro-batch on CPU is inference.CPU_COMPUTE_BATCH (32: one layer's activations
+# stay in cache); on a GPU the whole read batch goes through at once.
 # Batches read ahead of the network per reader thread (+1): enough to hide Zarr reads.
 PREFETCH_BATCHES = 2
 
 OUTPUT_KINDS = {".parquet": "parquet", ".pq": "parquet", ".fits": "fits", ".fit": "fits"}
-PRECISIONS = {
-    "32-true": "32-true",
-    "32": "32-true",
-    "fp32": "32-true",
-    "float32": "32-true",
-    "bf16": "bf16-true",
-    "bf16-true": "bf16-true",
-    "bf16-mixed": "bf16-true",
-    "bfloat16": "bf16-true",
-}
+# the catalogue's names (provenance, run fingerprint) of inference.resolve_precision's values:
+# inference casts the weights, so bfloat16 is "bf16-true" here
+PRECISIONS = {"32-true": "32-true", "bf16-mixed": "bf16-true"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,25 +104,17 @@ def rejects_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".rejects.csv")
 
 
-def normalise_precision(precision: str) -> str:
-    key = str(precision).strip().lower()
-    if key not in PRECISIONS:
+def normalise_precision(precision: str, device: str = "cpu") -> str:
+    """"32-true" (float32) or "bf16-true" (bfloat16 weights and activations) for a precision name
+    on ``device``; "auto" is bf16 where bfloat16 is native (inference.resolve_precision)."""
+    from morphtransfer.inference import resolve_precision
+
+    name = resolve_precision(precision, device)
+    if name not in PRECISIONS:
         raise InputError(
-            f"unknown precision {precision!r}; use '32-true' (float32) or 'bf16' (bfloat16)"
+            f"precision {precision!r}: predict runs 'auto', '32-true' (float32) or 'bf16' (bfloat16)"
         )
-    return PRECISIONS[key]
-
-
-def bf16_supported(device: str = "cpu") -> bool:
-    """Whether bfloat16 runs natively (AVX512-BF16/AMX on CPU, Ampere or later on CUDA)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch: assume not
-        return False
+    return PRECISIONS[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,6 +360,7 @@ class ShardPredictor:
     def __init__(self, run: dict, num_threads: int | None = None):
         import torch
 
+        from morphtransfer.inference import compute_batch, prepare_model
         from morphtransfer.models import load_model
 
         self.run = run
@@ -383,21 +368,15 @@ class ShardPredictor:
             torch.set_num_threads(int(num_threads))
         device = run.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)
-        self.dtype = torch.bfloat16 if run["precision"] == "bf16-true" else torch.float32
         self.models, self.tasks = [], []
         for m in run["models"]:
             model, card = load_model(m["path"], expect_task=m["task"])
-            # bf16 weights (not autocast): measured ~2x float32 on AVX512-BF16 CPUs, and no
-            # per-layer casts. channels_last is oneDNN's/cuDNN's fast layout for convolutions.
-            model = model.to(device=self.device, dtype=self.dtype)
-            model = model.to(memory_format=torch.channels_last).eval()
-            self.models.append(model)
+            # inference.prepare_model: bf16 weights (not autocast), channels_last, eval mode
+            self.models.append(prepare_model(model, run["precision"], self.device))
             self.tasks.append(m["task"])
         self.mc_dropout = int(run.get("mc_dropout", 0))
         self.batch_size = int(run["batch_size"])
-        self.compute_batch = (
-            self.batch_size if self.device.type == "cuda" else min(self.batch_size, CPU_COMPUTE_BATCH)
-        )
+        self.compute_batch = compute_batch(self.device, self.batch_size)
         # One reader on CPU (a second would take a core from the network); several on a GPU,
         # which can outrun one thread decompressing Zarr chunks.
         self.reader_threads = int(run.get("reader_threads") or (
@@ -441,44 +420,18 @@ class ShardPredictor:
             torch.manual_seed(int(self.run.get("seed", 0)) * 1_000_003 + int(k))
 
     def predict_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
+        """{"p_<task>" [, "p_<task>_std", "p_<task>_mc_mean"]} for images (n, bands, size, size):
+        inference.run_prepared, every model on each micro-batch in turn."""
+        from morphtransfer.inference import run_prepared
 
-        n = len(images)
+        outs = run_prepared(self.models, images, batch=self.compute_batch, mc_dropout=self.mc_dropout)
         cols: dict[str, np.ndarray] = {}
-        for t in self.tasks:
-            cols[f"p_{t}"] = np.empty(n, np.float32)
+        for t, o in zip(self.tasks, outs):
+            cols[f"p_{t}"] = o["p"]
             if self.mc_dropout:
-                cols[f"p_{t}_std"] = np.empty(n, np.float32)
-                cols[f"p_{t}_mc_mean"] = np.empty(n, np.float32)
-        if n == 0:
-            return cols
-        x_all = torch.from_numpy(images)
-        with torch.inference_mode():
-            for s in range(0, n, self.compute_batch):
-                x = x_all[s : s + self.compute_batch].to(self.device, non_blocking=True)
-                x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-                for t, model in zip(self.tasks, self.models):
-                    p = torch.sigmoid(model(x).float())
-                    cols[f"p_{t}"][s : s + len(x)] = p.cpu().numpy()
-                    if self.mc_dropout:
-                        draws = self._mc_draws(model, x)
-                        cols[f"p_{t}_std"][s : s + len(x)] = draws.std(dim=0).cpu().numpy()
-                        cols[f"p_{t}_mc_mean"][s : s + len(x)] = draws.mean(dim=0).cpu().numpy()
+                cols[f"p_{t}_std"] = o["std"]
+                cols[f"p_{t}_mc_mean"] = o["mc_mean"]
         return cols
-
-    def _mc_draws(self, model, x):
-        import torch
-
-        drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-        for m in drops:
-            m.train()
-        try:
-            return torch.stack(
-                [torch.sigmoid(model(x).float()) for _ in range(self.mc_dropout)]
-            )
-        finally:
-            for m in drops:
-                m.eval()
 
     # --- writing ------------------------------------------------------------------------------
     def write_shard(self, k: int, pieces: list[pd.DataFrame]) -> int:
@@ -801,7 +754,7 @@ def predict_catalog(
     engine: str = "local",
     address: str | None = None,
     mc_dropout: int = 0,
-    precision: str = "32-true",
+    precision: str = "auto",
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
     survey: str | None = None,
@@ -824,7 +777,9 @@ def predict_catalog(
     engine: "local" or "ray" (``address``: a Ray cluster, e.g. "auto"; None starts a local Ray).
     mc_dropout: N >= 2 adds ``p_<task>_std`` and ``p_<task>_mc_mean`` over N passes with dropout
     on (masks seeded by ``seed`` and the shard, so a rerun gives the same numbers).
-    precision: "32-true" (float32) or "bf16" (bfloat16 weights and activations).
+    precision: "auto" (bfloat16 where it is native on ``device``: AVX512-BF16/AMX CPUs, bf16 CUDA
+    GPUs; else float32), "32-true" (float32) or "bf16" (bfloat16 weights and activations); the
+    provenance records the resolved "32-true" or "bf16-true".
     batch_size: images read per batch (on CPU the network runs them in micro-batches of
     CPU_COMPUTE_BATCH, which is faster there); shard_size: galaxies per committed shard, the unit
     of resumption and of Ray tasks. device: "cpu", "cuda" (default: cuda when available).
@@ -835,7 +790,8 @@ def predict_catalog(
 
     out = Path(out)
     kind = output_kind(out)
-    precision = normalise_precision(precision)
+    dev = device or _default_device()
+    precision = normalise_precision(precision, dev)
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; use 'local' or 'ray'")
     if (store is None) == (images is None):
@@ -847,7 +803,6 @@ def predict_catalog(
         )
     if int(mc_dropout) < 0 or int(mc_dropout) == 1:
         raise InputError(f"--mc-dropout {mc_dropout}: give 0 (off) or N >= 2 passes for a std")
-    dev = device or _default_device()
     if precision == "bf16-true" and not bf16_supported(dev):
         warnings.warn(
             f"bfloat16 is not native on this {dev}: it runs emulated (slow); use --precision 32-true",
