@@ -55,3 +55,24 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     (tmp_path / "bad" / "card.json").write_text(json.dumps({"architecture": "ds18", "task": "Q1"}))
     with pytest.raises(InputError, match="cannot be read"):
         load_model(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])
+def test_fast_dropout_keeps_1_minus_p_and_rescales(p):
+    """DS18's CPU dropout (8-bit masks for 0.5/0.25, 16-bit otherwise): right rate, i.i.d., scaled."""
+    from morphtransfer.models import Dropout
+
+    x = torch.ones(30, 32, 69, 69).contiguous(memory_format=torch.channels_last)  # 4.6M values
+    d = Dropout(p).train()
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    # binomial sd sqrt(p(1-p)/n) ~ 2.3e-4: 5 sd
+    assert abs(kept.float().mean().item() - (1 - p)) < 1.2e-3
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    # no structure along channels (the layout-filled mask must be i.i.d. in every axis)
+    per_channel = kept.float().mean(dim=(0, 2, 3))
+    assert (per_channel - (1 - p)).abs().max().item() < 0.01
+    torch.manual_seed(0)
+    assert torch.equal(d(x), y)  # seeded
+    assert torch.equal(d.eval()(x), x)  # identity at inference

@@ -27,9 +27,9 @@ class Dropout(nn.Dropout):
 
     PyTorch's CPU dropout draws one Bernoulli number per activation (~10 ns each): with the
     4.6 million activations after DS18's first conv in a batch of 30, dropout took a fifth of a
-    CPU training step. Here the mask comes from 16 random bits per activation, cut from 64-bit
-    draws of the same seeded torch generator (keep when the bits fall below (1 - p) x 2^16, so
-    p is exact to 1.5e-5, and exact for the 0.5 and 0.25 of DS18). No parameters: state_dict
+    CPU training step. Here the mask comes from 8 random bits per activation when 1 - p is a
+    multiple of 1/256 (exact: DS18's 0.5 and 0.25), else 16 bits (p exact to 1.5e-5), cut from
+    64-bit draws of the same seeded torch generator (keep when the bits fall below (1 - p) x 2^bits). No parameters: state_dict
     keys are those of nn.Dropout (none).
     """
 
@@ -39,12 +39,21 @@ class Dropout(nn.Dropout):
         if self.p >= 1.0:
             return x * 0.0
         n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-        bits = bits.random_(-(2**63), None).view(torch.int16)[:n]  # full 64 random bits each
         keep = torch.empty_like(x, dtype=torch.bool)  # same memory layout as x (channels-last)
         # x is dense (conv/pool output), so its storage is n elements in some order: fill it
         # flat, the mask being i.i.d. the order does not matter
-        torch.lt(bits, -32768 + round((1.0 - self.p) * 65536), out=keep.as_strided((n,), (1,)))
+        flat = keep.as_strided((n,), (1,))
+        q256 = (1.0 - self.p) * 256
+        if q256 == round(q256):
+            # 8 random bits per activation are exact when 1 - p is a multiple of 1/256 (DS18's
+            # 0.5 and 0.25): half the random numbers of 16 bits, ~1/3 less time per call
+            bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device)
+            bits = bits.random_(-(2**63), None).view(torch.uint8)[:n]  # full 64 random bits each
+            torch.lt(bits, int(q256), out=flat)
+        else:
+            bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+            bits = bits.random_(-(2**63), None).view(torch.int16)[:n]
+            torch.lt(bits, -32768 + round((1.0 - self.p) * 65536), out=flat)
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
