@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from morphtransfer.errors import InputError
+from morphtransfer.models import predict_proba
 
 # Micro-batch of the network on CPU. Measured on 2 Zen-5 cores (DS18, channels_last): 32-64
 # galaxies run ~1.5x faster than 1024 because one layer's activations (32 x 32 ch x 69 x 69 x 4 B
@@ -132,7 +133,7 @@ def _mc_draws(net: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
     for m in drops:
         m.train()
     try:
-        return torch.stack([torch.sigmoid(net(x).float()) for _ in range(n)])
+        return torch.stack([predict_proba(net, x) for _ in range(n)])
     finally:
         for m in drops:
             m.eval()
@@ -173,7 +174,7 @@ def run_prepared(nets: Sequence[nn.Module], images, *, batch: int | None = None,
                 x = x.contiguous(memory_format=torch.channels_last)
             e = s + len(x)
             for net, o in zip(nets, outs):
-                o["p"][s:e] = torch.sigmoid(net(x).float()).reshape(-1).cpu().numpy()
+                o["p"][s:e] = predict_proba(net, x).reshape(-1).cpu().numpy()
                 if mc_dropout:
                     draws = _mc_draws(net, x, int(mc_dropout))
                     o["std"][s:e] = draws.std(dim=0).reshape(-1).cpu().numpy()
@@ -182,11 +183,8 @@ def run_prepared(nets: Sequence[nn.Module], images, *, batch: int | None = None,
 
 
 def probabilities(model: nn.Module, images, *, precision: str = "auto", batch: int | None = None,
-                  device=None, channels_last: bool = True, mc_dropout: int = 0):
-    """P(positive) of one model for images (n, bands, size, size): ``prepare_model`` then
-    ``run_prepared``. Returns the (n,) float32 array, or with mc_dropout >= 2 the dict of
-    ``run_prepared`` ({"p", "std", "mc_mean"}). The caller's model is not changed."""
+                  device=None, channels_last: bool = True) -> np.ndarray:
+    """P(positive) of one model for images (n, bands, size, size), an (n,) float32 array:
+    ``prepare_model`` then ``run_prepared``. The caller's model is not changed."""
     net = prepare_model(model, precision, device, channels_last=channels_last)
-    out = run_prepared([net], images, batch=batch, mc_dropout=mc_dropout,
-                       channels_last=channels_last)[0]
-    return out if mc_dropout else out["p"]
+    return run_prepared([net], images, batch=batch, channels_last=channels_last)[0]["p"]

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from morphtransfer import __version__
 from morphtransfer.errors import InputError
 from morphtransfer.inference import CPU_COMPUTE_BATCH, bf16_supported  # noqa: F401 (re-exported)
+from morphtransfer.inference import default_device
 
 CATALOGUE_FORMAT = "morphtransfer-catalogue"
 CATALOGUE_VERSION = 1
@@ -366,8 +367,7 @@ class ShardPredictor:
         self.run = run
         if num_threads:
             torch.set_num_threads(int(num_threads))
-        device = run.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(device)
+        self.device = torch.device(run.get("device") or default_device())
         self.models, self.tasks = [], []
         for m in run["models"]:
             model, card = load_model(m["path"], expect_task=m["task"])
@@ -790,7 +790,7 @@ def predict_catalog(
 
     out = Path(out)
     kind = output_kind(out)
-    dev = device or _default_device()
+    dev = device or default_device().type
     precision = normalise_precision(precision, dev)
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; use 'local' or 'ray'")
@@ -967,9 +967,3 @@ def predict_catalog(
 
 def _shard_len(k: int, n_rows: int, shard_size: int) -> int:
     return max(0, min(shard_size, n_rows - k * shard_size))
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -558,7 +558,6 @@ def _loaders(fit_ds, val_ds, recipe: Recipe, world_size: int, rank: int, sample_
     from torch.utils.data import DataLoader
 
     per_process = recipe.batch_size // world_size
-    val_sampler = None
     if sample_weights is not None:  # class balance by sampling (BalancedSampler), any world size
         sampler = BalancedSampler(sample_weights, recipe.seed, world_size, rank)
         fit = DataLoader(fit_ds, batch_size=per_process, sampler=sampler, collate_fn=_as_batch)
@@ -567,16 +566,13 @@ def _loaders(fit_ds, val_ds, recipe: Recipe, world_size: int, rank: int, sample_
         fit = DataLoader(fit_ds, batch_size=per_process, shuffle=True, generator=gen,
                          collate_fn=_as_batch)
     else:
-        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(fit_ds, num_replicas=world_size, rank=rank, shuffle=True,
                                      seed=recipe.seed)
         fit = DataLoader(fit_ds, batch_size=per_process, sampler=sampler, collate_fn=_as_batch)
-        if len(val_ds):
-            val_sampler = UnrepeatedDistributedSampler(val_ds, num_replicas=world_size, rank=rank,
-                                                       shuffle=False)
-    if world_size > 1 and len(val_ds) and val_sampler is None:
+    val_sampler = None
+    if world_size > 1 and len(val_ds):
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
         val_sampler = UnrepeatedDistributedSampler(val_ds, num_replicas=world_size, rank=rank,

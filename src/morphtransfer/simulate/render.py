@@ -166,9 +166,6 @@ def _projection(g: Galaxy) -> np.ndarray:
     return rot @ np.diag([1.0, c])
 
 
-BAR_PROFILE = "flat"  # "flat" (Ferrers-like, the default) or "gaussian" (simulator_version 1)
-
-
 def bar_profile(g: Galaxy) -> galsim.GSObject:
     """The bar in the sky plane (before the galaxy's position angle), unit flux.
 
@@ -180,18 +177,11 @@ def bar_profile(g: Galaxy) -> galsim.GSObject:
     the disk. A Gaussian of the same a (simulator_version 1) puts most of its light inside a / 2,
     where it reads as an elongated bulge rather than a bar.
     """
-    deg = galsim.degrees
-    a, q = g.bar_length_arcsec, g.bar_axis_ratio
-    if BAR_PROFILE == "gaussian":
-        # semi-major a ~ 2 sigma along the major axis; shear preserves area: round sigma x sqrt(q)
-        bar = galsim.Gaussian(sigma=0.5 * a * math.sqrt(q), gsparams=GSPARAMS).shear(
-            q=q, beta=g.bar_angle_deg * deg)
-    else:
-        b = q * a
-        bar = galsim.Convolve(
-            galsim.Box(width=1.5 * a, height=1.5 * b, gsparams=GSPARAMS),
-            galsim.Gaussian(sigma=0.3 * b, gsparams=GSPARAMS),
-        ).rotate(g.bar_angle_deg * deg)
+    a, b = g.bar_length_arcsec, g.bar_axis_ratio * g.bar_length_arcsec
+    bar = galsim.Convolve(
+        galsim.Box(width=1.5 * a, height=1.5 * b, gsparams=GSPARAMS),
+        galsim.Gaussian(sigma=0.3 * b, gsparams=GSPARAMS),
+    ).rotate(g.bar_angle_deg * galsim.degrees)
     return bar.transform(1.0, 0.0, 0.0, g.projected_cos)
 
 
