@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ class FakeEngine:
 
     def predict_store(self, model, store, rows):
         self.predicted += 1
-        rng = np.random.default_rng(len(rows))
+        # deterministic per model and test set; two models give two different sets of scores
+        rng = np.random.default_rng([len(rows), zlib.crc32(Path(model).name.encode())])
         # informative but imperfect scores: label plus noise
         return np.clip(0.5 * rows["label"].to_numpy() + 0.6 * rng.random(len(rows)), 0, 1)
 
@@ -244,3 +246,46 @@ def test_simulated_pair_of_another_simulator_version_is_refused(tmp_path):
         json.dumps({"n_galaxies": 10, "seed": 0, "simulator_version": SIMULATOR_VERSION}))
     _ensure_simulated(data, load_config("quick"), Console(quiet=True), 10)  # found: no simulation
     assert not (data / "sdss").exists()
+
+
+def test_several_source_seeds_give_the_zero_and_a_rows_a_spread(pair, tmp_path, monkeypatch):
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    cfg = tiny_config(sweep={"n_train": [], "seeds": []})
+    cfg["study"]["source_seeds"] = [0, 5]
+    cfg["study"]["seeds"] = [0, 1, 2]
+    out = tmp_path / "run"
+    res = study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
+    keys = [e.key for e in res.experiments if e.task == "Q1"]
+    assert keys[:4] == ["Q1/0", "Q1/0_s5", "Q1/a", "Q1/a_s5"]
+    # two source models per task, each trained with its own seed on the same SDSS galaxies
+    src = [t for t in eng.trained if t["init"] is None and "/source" in t["out"]]
+    assert sorted(Path(t["out"]).name for t in src if t["task"] == "Q1") == ["source", "source_s5"]
+    q1 = {Path(t["out"]).name: t for t in src if t["task"] == "Q1"}
+    assert (q1["source"]["recipe"]["seed"], q1["source_s5"]["recipe"]["seed"]) == (0, 5)
+    assert q1["source"]["ids"] == q1["source_s5"]["ids"]
+    # b and c of seed s start from source model source_seeds[s % 2]: seeds 0, 2 -> 0; seed 1 -> 5
+    starts = {Path(t["out"]).name: Path(t["init"]).name for t in eng.trained
+              if t["task"] == "Q1" and t["init"] is not None}
+    n = cfg["target"]["n_train"]["Q1"]
+    assert starts[f"b_n{n}_s0"] == "source" and starts[f"c_n{n}_s2"] == "source"
+    assert starts[f"b_n{n}_s1"] == "source_s5" and starts[f"c_n{n}_s1"] == "source_s5"
+    # the (0) rows are tested once per source model and aggregate to a mean with a spread
+    from morphtransfer.report import tables
+
+    preds = pd.read_parquet(out / "predictions.parquet")
+    zero = preds[(preds["task"] == "Q1") & (preds["experiment"] == "0")]
+    assert sorted(zero["seed"].unique()) == [0, 5]
+    agg = tables.aggregate(tables.compute_metrics(preds, n_boot=20))
+    row = agg[(agg["task"] == "Q1") & (agg["experiment"] == "0")].iloc[0]
+    assert row["n_seeds"] == 2
+    per_seed = [tables.compute_metrics(zero[zero["seed"] == s], n_boot=20)[0]["auc"] for s in (0, 5)]
+    assert row["auc"] == pytest.approx(np.mean(per_seed))
+    assert per_seed[0] != per_seed[1]
+    assert row["auc_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    # the estimate counts one source training per source seed
+    one = study.estimate_seconds({**cfg, "study": {**cfg["study"], "source_seeds": [0]}}, res.experiments)
+    two = study.estimate_seconds(cfg, res.experiments)
+    assert two["source_models_s"] == pytest.approx(2 * one["source_models_s"])
+    with pytest.raises(InputError, match="source_seeds"):
+        study.source_seeds({"study": {"source_seeds": [1, 1]}})

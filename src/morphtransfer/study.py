@@ -18,7 +18,8 @@ A run folder (``runs/<name>``) holds everything::
 
     config.toml                 the exact configuration of this run (resume refuses a different one)
     splits.parquet              every galaxy's role per task: source_train/source_test/target_pool/target_test
-    models/<task>/source/       the source model of each task (weights + card)
+    models/<task>/source/       the source model of each task (weights + card); source_s<k>/ for
+                                more source seeds ([study] source_seeds)
     models/<task>/<b|c|d>_n<N>_s<seed>/
     experiments/<key>/predictions.parquet + done.json   one finished experiment (resume unit)
     predictions.parquet, metrics.json, table2.{md,csv,tex}, figures/, report.html
@@ -159,6 +160,8 @@ class Experiment:
     n_train: int  # target galaxies trained on (0 for experiments 0 and a)
     seed: int
     test_on: str
+    # which source model (its training seed): 0 and a test it, b and c start from it
+    source_seed: int = 0
 
     @property
     def trains(self) -> bool:
@@ -167,7 +170,8 @@ class Experiment:
     @property
     def key(self) -> str:
         if not self.trains:
-            return f"{self.task}/{self.name}"
+            # 0 and a: one row per source model; the first keeps the plain key
+            return f"{self.task}/{self.name}" + (f"_s{self.seed}" if self.seed else "")
         return f"{self.task}/{self.name}_n{self.n_train}_s{self.seed}"
 
     @property
@@ -175,15 +179,18 @@ class Experiment:
         return EXPERIMENT_TITLES.get(self.name, self.name)
 
 
-def make_experiment(task: str, name: str, n_train: int = 0, seed: int = 0) -> Experiment:
+def make_experiment(task: str, name: str, n_train: int = 0, seed: int = 0,
+                    source_seed: int = 0) -> Experiment:
+    """One experiment. For 0 and a, ``seed`` is the source model's seed (``source_seed`` is
+    ignored); b and c start from the source model of ``source_seed``."""
     if name == "0":
-        return Experiment(task, "0", "source", "none", 0, 0, "source")
+        return Experiment(task, "0", "source", "none", 0, int(seed), "source", int(seed))
     if name == "a":
-        return Experiment(task, "a", "source", "none", 0, 0, "target")
+        return Experiment(task, "a", "source", "none", 0, int(seed), "target", int(seed))
     if name == "b":
-        return Experiment(task, "b", "source", "all", int(n_train), int(seed), "target")
+        return Experiment(task, "b", "source", "all", int(n_train), int(seed), "target", int(source_seed))
     if name == "c":
-        return Experiment(task, "c", "source", "head", int(n_train), int(seed), "target")
+        return Experiment(task, "c", "source", "head", int(n_train), int(seed), "target", int(source_seed))
     if name == "d":
         return Experiment(task, "d", "scratch", "all", int(n_train), int(seed), "target")
     raise InputError(f"unknown experiment {name!r}; the study has 0, a, b, c, d")
@@ -194,9 +201,12 @@ def plan_experiments(
 ) -> tuple[list[Experiment], list[str]]:
     """The study's experiment list (and notes on what was capped or skipped).
 
-    Main rows (Table 2): 0 and a once per task; b, c, d at the target n_train for every seed.
-    Sweep: b, c, d at every sweep n_train for the sweep seeds (rows shared with the main ones
-    are not repeated). ``pool_sizes[task]`` caps n_train at the robust target galaxies available.
+    Main rows (Table 2): 0 and a once per source model (``[study] source_seeds``, default one);
+    b, c, d at the target n_train for every seed. Sweep: b, c, d at every sweep n_train for the
+    sweep seeds (rows shared with the main ones are not repeated). With several source models,
+    b and c of seed s start from source model ``source_seeds[s % len(source_seeds)]``, so their
+    spread over seeds includes the source model's own training noise.
+    ``pool_sizes[task]`` caps n_train at the robust target galaxies available.
     """
     notes: list[str] = []
     out: list[Experiment] = []
@@ -207,11 +217,18 @@ def plan_experiments(
             seen.add(e.key)
             out.append(e)
 
+    src_seeds = source_seeds(cfg)
+
+    def target_exp(task, name, n, seed):
+        return make_experiment(task, name, n, seed, src_seeds[int(seed) % len(src_seeds)])
+
     for task in tasks:
-        add(make_experiment(task, "0"))
+        for s in src_seeds:
+            add(make_experiment(task, "0", seed=s))
         if not with_target:
             continue
-        add(make_experiment(task, "a"))
+        for s in src_seeds:
+            add(make_experiment(task, "a", seed=s))
         pool = None if pool_sizes is None else int(pool_sizes[task])
         n_main = _per_task(cfg["target"]["n_train"], task, "[target] n_train")
         if pool is not None and n_main > pool:
@@ -225,15 +242,28 @@ def plan_experiments(
             continue
         for seed in cfg["study"]["seeds"]:
             for name in TARGET_TRAINED:
-                add(make_experiment(task, name, n_main, seed))
+                add(target_exp(task, name, n_main, seed))
         for n in cfg["sweep"].get("n_train", []):
             if pool is not None and n > pool:
                 notes.append(f"{task}: sweep point n_train={n} skipped (only {pool} in the pool)")
                 continue
             for seed in cfg["sweep"].get("seeds", []):
                 for name in TARGET_TRAINED:
-                    add(make_experiment(task, name, n, seed))
+                    add(target_exp(task, name, n, seed))
     return out, notes
+
+
+def source_seeds(cfg: dict) -> list[int]:
+    """The seeds of the source models (``[study] source_seeds``; default one model, seed 0).
+
+    One source model gives Table 2's (0) and (a) rows no spread, although retraining it moves
+    them most (a bar model trained on ~170 bars changes its AUC by ~0.1 between runs): several
+    source seeds measure that, at the price of one source training each.
+    """
+    seeds = cfg["study"].get("source_seeds", [0])
+    if isinstance(seeds, int) or not len(seeds) or len(set(seeds)) != len(seeds):
+        raise InputError(f"[study] source_seeds must be a list of distinct seeds, got {seeds!r}")
+    return [int(s) for s in seeds]
 
 
 def main_n_train(cfg: dict, task: str, pool_size: int | None = None) -> int:
@@ -476,12 +506,12 @@ class StudyPaths:
     def predictions(self) -> Path:
         return self.root / "predictions.parquet"
 
-    def source_model(self, task: str) -> Path:
-        return self.root / "models" / task / "source"
+    def source_model(self, task: str, seed: int = 0) -> Path:
+        return self.root / "models" / task / ("source" + (f"_s{seed}" if seed else ""))
 
     def model(self, exp: Experiment) -> Path:
         if not exp.trains:
-            return self.source_model(exp.task)
+            return self.source_model(exp.task, exp.source_seed)
         return self.root / "models" / exp.task / exp.key.split("/", 1)[1]
 
     def experiment(self, exp: Experiment) -> Path:
@@ -497,6 +527,14 @@ class StudyResult:
     timings: dict = field(default_factory=dict)  # wall seconds per phase of this call
     skipped: int = 0
     elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SourceJob:
+    """Training one source model: a task's model on the source survey, with one seed."""
+
+    task: str
+    seed: int = 0
 
 
 def _finished(path: Path) -> bool:
@@ -563,8 +601,8 @@ def job_seconds(cfg: dict, job, n_test: int) -> float:
     dense part only, about half the cost of (b) or (d).
     """
     _, train_rate, pred_rate = _rates(cfg)
-    if isinstance(job, str):
-        n = _per_task(cfg["source"]["n_train"], job, "[source] n_train")
+    if isinstance(job, SourceJob):
+        n = _per_task(cfg["source"]["n_train"], job.task, "[source] n_train")
         return FIT_OVERHEAD_S + n * _epochs(cfg, "source", n) / train_rate
     sec = n_test / pred_rate + 1.0
     if job.trains:
@@ -581,7 +619,7 @@ def estimate_seconds(cfg: dict, experiments: list[Experiment], simulate_n: int =
     n_test = n_test or {}
     out = {
         "simulate_s": simulate_n / sim_rate,
-        "source_models_s": sum(job_seconds(cfg, t, 0) for t in tasks),
+        "source_models_s": sum(job_seconds(cfg, SourceJob(t, s), 0) for t in tasks for s in source_seeds(cfg)),
         "experiments_s": sum(job_seconds(cfg, e, n_test.get(e.task, 500)) for e in experiments),
     }
     out["total_s"] = sum(out.values()) + 20.0  # report and figures
@@ -738,9 +776,9 @@ def run_study(
     n_test = {
         t: len(rows_of(splits, t, "target_test" if tgt_store else "source_test")) for t in tasks
     }
-    jobs: list = list(tasks) + list(experiments)
-    costs = [job_seconds(cfg, j, 0 if isinstance(j, str) else n_test[j.task]) for j in jobs]
-    n_train_jobs = len(tasks) + sum(e.trains for e in experiments)
+    jobs: list = [SourceJob(t, s) for t in tasks for s in source_seeds(cfg)] + list(experiments)
+    costs = [job_seconds(cfg, j, 0 if isinstance(j, SourceJob) else n_test[j.task]) for j in jobs]
+    n_train_jobs = len(jobs) - len(experiments) + sum(e.trains for e in experiments)
     console.print(
         f"  source {src_store.path} ({len(src_store)} galaxies)"
         + (f", target {tgt_store.path} ({len(tgt_store)} galaxies)" if tgt_store else "")
@@ -763,13 +801,13 @@ def run_study(
     for i, job in enumerate(jobs):
         head = f"[{i + 1}/{len(jobs)}]"
         clock.start()
-        if isinstance(job, str):
+        if isinstance(job, SourceJob):
             did = _run_source_model(engine, job, cfg, splits, src_store, paths, console, head, result,
                                     progress, clock.line(i))
         else:
             did = _run_experiment(engine, job, cfg, splits, src_store, tgt_store, paths, console, head,
                                   result, progress, split_seed, clock.line(i))
-        phase["source_models_s" if isinstance(job, str) else "experiments_s"] += time.time() - clock._job_t0
+        phase["source_models_s" if isinstance(job, SourceJob) else "experiments_s"] += time.time() - clock._job_t0
         clock.finish(i, skipped=not did)
 
     preds = collect_predictions(paths, experiments)
@@ -857,24 +895,26 @@ def _labelled(store, rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _run_source_model(engine, task, cfg, splits, store, paths, console, head, result, progress, eta) -> bool:
-    folder = paths.source_model(task)
+def _run_source_model(engine, job, cfg, splits, store, paths, console, head, result, progress, eta) -> bool:
+    task = job.task
+    folder = paths.source_model(task, job.seed)
+    name = f"{task} source model" + (f" (seed {job.seed})" if len(source_seeds(cfg)) > 1 else "")
     if _model_done(folder):
         result.skipped += 1
-        console.print(f"{head} {task} source model: done already ({folder})", highlight=False)
+        console.print(f"{head} {name}: done already ({folder})", highlight=False)
         return False
     rows = _labelled(store, rows_of(splits, task, "source_train"))
     test_ids = set(rows_of(splits, task, "source_test")["id"]) | set(rows_of(splits, task, "target_test")["id"])
     assert_disjoint(rows["id"], test_ids, f"{task} source model")
-    recipe = make_recipe(cfg, "source", len(rows), 0, task)
+    recipe = make_recipe(cfg, "source", len(rows), job.seed, task)
     console.print(
-        f"{head} {task} source model: training on {len(rows)} {store.survey or 'source'} galaxies "
+        f"{head} {name}: training on {len(rows)} {store.survey or 'source'} galaxies "
         f"({int(rows['label'].sum())} positive) [{eta}]",
         highlight=False,
     )
     engine.train_model(
         store, task, rows=rows, label_column="label", init=None, trainable="all", recipe=recipe,
-        out=folder, card_extra={"study": {"experiment": "source", "role": "source_train"}},
+        out=folder, card_extra={"study": {"experiment": "source", "role": "source_train", "seed": job.seed}},
         progress=progress,
     )
     result.trained += 1
@@ -899,7 +939,7 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
             f"galaxies ({int(rows['label'].sum())} positive) [{eta}]",
             highlight=False,
         )
-        init = paths.source_model(exp.task) if exp.init == "source" else (
+        init = paths.source_model(exp.task, exp.source_seed) if exp.init == "source" else (
             None if exp.init == "scratch" else Path(exp.init)
         )
         recipe = make_recipe(cfg, "target", len(rows), exp.seed, exp.task)

@@ -85,8 +85,8 @@ def _plain(v):
 def aggregate(per_seed: list[dict]) -> pd.DataFrame:
     """Mean and spread over seeds of every metric, per (task, experiment, n_train_target).
 
-    ``<m>_std`` is the sample standard deviation over seeds (training-sample variability; 0 for
-    one seed); ``<m>_lo``/``<m>_hi`` are the per-seed bootstrap 95% bounds averaged over seeds
+    ``<m>_std`` is the sample standard deviation over seeds (training-sample variability, and for
+    0 and a the source model's retraining noise when there are several source seeds; 0 for one seed); ``<m>_lo``/``<m>_hi`` are the per-seed bootstrap 95% bounds averaged over seeds
     (test-sample uncertainty).
     """
     df = pd.json_normalize(per_seed, sep="_")
@@ -192,7 +192,8 @@ def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5) -> str:
     lines.append("")
     lines.append(
         f"TPR, precision and accuracy at P_th = {p_threshold}, against robust volunteer labels of "
-        "the test survey. Value ± spread over seeds (different target training samples) "
+        "the test survey. Value ± spread over seeds (different target training samples; for (0) "
+        "and (a), different trainings of the SDSS model when the run has several source_seeds) "
         "[bootstrap 95% interval over test galaxies]. N_train: SDSS galaxies for (0) and (a), "
         "DES galaxies for (b), (c), (d)."
     )
