@@ -13,7 +13,14 @@ from study_helpers import make_pair, tiny_config
 
 from morphtransfer import metrics, study
 from morphtransfer.report import write_report
-from morphtransfer.report.tables import aggregate, compute_metrics, label_budget, n_to_reach_level, table2
+from morphtransfer.report.tables import (
+    aggregate,
+    compute_metrics,
+    findings,
+    label_budget,
+    n_to_reach_level,
+    table2,
+)
 
 
 def _synthetic_predictions() -> pd.DataFrame:
@@ -57,6 +64,25 @@ def test_table_numbers_from_known_predictions():
     assert reach == {"Q1": {"b": 100, "c": 100, "d": 100}}
 
 
+def test_findings_measure_the_study_claims_from_table2():
+    preds = _synthetic_predictions()
+    # (d) at the main n = 100 ranks only partly right: 10 of 16 pairs -> AUC 0.625 on both seeds
+    d_scores = np.array([0.9, 0.8, 0.35, 0.1, 0.7, 0.6, 0.3, 0.2])
+    sel = (preds["experiment"] == "d") & (preds["n_train_target"] == 100)
+    preds.loc[sel, "p"] = np.tile(d_scores, 2)
+    auc_d = metrics.roc_auc(np.array([1, 1, 1, 1, 0, 0, 0, 0]), d_scores)
+    assert auc_d == pytest.approx(0.625)
+    agg = aggregate(compute_metrics(preds, p_threshold=0.5, n_boot=20))
+    f = findings(table2(agg, {"Q1": 100}), label_budget(agg)).set_index("question").loc["Q1"]
+    # (a): every positive below P_th -> TPR 1 -> 0; (b) at 100 is perfect like (0)
+    assert f["tpr_a_minus_0"] == -1.0 and f["auc_b_minus_0"] == 0.0
+    assert f["auc_b_minus_d"] == pytest.approx(1 - auc_d) and f["auc_b_minus_d_std"] == 0.0
+    assert f["d_skill_fraction"] == pytest.approx((auc_d - 0.5) / 0.5)
+    # at the smallest sweep n (50) b and d predicted the same: no gap
+    assert f["n_train_smallest"] == 50 and f["auc_b_minus_d_smallest_n"] == 0.0
+    assert f["n_train_main"] == 100
+
+
 def test_report_files_from_synthetic_predictions(tmp_path):
     preds = _synthetic_predictions()
     preds.to_parquet(tmp_path / "predictions.parquet", index=False)
@@ -71,6 +97,7 @@ def test_report_files_from_synthetic_predictions(tmp_path):
     assert len(r0) == 9 and r0["tpr"].iloc[4] == 1.0 and r0["fpr"].iloc[4] == 0.0
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["n_train_to_reach_level_0"]["by_task"]["Q1"]["d"] == 100
+    assert [r["question"] for r in doc["findings"]] == ["Q1"]
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # roc and label budget (no Stores given)
     assert 'src="figures' not in html

@@ -846,9 +846,34 @@ def run_study(
     )
     if report and (paths.root / "table2.md").exists():
         console.print((paths.root / "table2.md").read_text().split("\n\n")[0], highlight=False, markup=False)
+        for line in _findings_lines(paths.root / "metrics.json"):
+            console.print(line, highlight=False, markup=False)
     for n in notes:
         console.print(f"  note: {n}", highlight=False)
     return result
+
+
+def _findings_lines(metrics_json: Path) -> list[str]:
+    """The study's claims as measured by this run, one line per question (report.findings)."""
+    if not metrics_json.exists():
+        return []
+    rows = json.loads(metrics_json.read_text()).get("findings", [])
+    out = []
+    for r in rows:
+        if r.get("auc_b_minus_d") is None:
+            continue
+        f = lambda v, fmt="+.3f": "-" if v is None else format(v, fmt)  # noqa: E731
+        out.append(
+            f"  {r['question']}: (a)-(0) TPR {f(r['tpr_a_minus_0'])}, precision "
+            f"{f(r['precision_a_minus_0'])}; (b)-(0) AUC {f(r['auc_b_minus_0'])}; (b)-(d) AUC "
+            f"{f(r['auc_b_minus_d'])} ± {f(r['auc_b_minus_d_std'], '.3f')} at N={r['n_train_main']}"
+            + (f", {f(r['auc_b_minus_d_smallest_n'])} at N={r['n_train_smallest']}"
+               if r.get("n_train_smallest") else "")
+            + f"; (d) reaches {f(r['d_skill_fraction'], '.0%')} of (b)'s AUC above chance"
+        )
+    if out:
+        out.insert(0, "findings (each explained in report.html):")
+    return out
 
 
 def _ensure_simulated(data: Path, cfg: dict, console, n: int) -> None:

@@ -19,6 +19,7 @@ from morphtransfer.report.tables import (
     REACH_TOLERANCE,
     aggregate,
     compute_metrics,
+    findings,
     label_budget,
     n_to_reach_level,
     table2,
@@ -81,6 +82,7 @@ def write_report(
     t2 = table2(agg, main_n)
     budget = label_budget(agg)
     reach = n_to_reach_level(budget) if len(budget) else {}
+    found = findings(t2, budget)
 
     written: dict[str, Path] = {}
     t2.to_csv(run_dir / "table2.csv", index=False)
@@ -101,6 +103,7 @@ def write_report(
             "tolerance": REACH_TOLERANCE,
             "by_task": reach,
         },
+        "findings": found.to_dict(orient="records"),
         "notes": notes,
     }
     (run_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics_doc), indent=2))
@@ -129,5 +132,6 @@ def write_report(
 
     from morphtransfer.report.html import write_html
 
-    written["report.html"] = write_html(run_dir, cfg, t2, budget, reach, notes, figs, p_threshold)
+    written["report.html"] = write_html(run_dir, cfg, t2, budget, reach, notes, figs, p_threshold,
+                                       found)
     return written

@@ -89,7 +89,8 @@ def _models(run_dir: Path) -> pd.DataFrame:
 
 
 def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.DataFrame, reach: dict,
-               notes: list[str], figs: dict, p_threshold: float) -> Path:
+               notes: list[str], figs: dict, p_threshold: float,
+               found: pd.DataFrame | None = None) -> Path:
     from morphtransfer import __version__
     from morphtransfer.study import _to_toml
 
@@ -117,6 +118,16 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
             "<p>Smallest DES N_train at which the mean AUC over seeds comes within 0.02 of the (0) "
             "AUC (data: metrics.json, label_budget.csv).</p>",
             _table(pd.DataFrame(rows)),
+        ]
+    if found is not None and len(found) and found["auc_b_minus_d"].notna().any():
+        parts += [
+            "<h2>The study's findings, measured</h2>",
+            f"<p>Per question: (a) - (0) in TPR and precision at P_th = {p_threshold} (what the "
+            "SDSS model loses on DES as it is); (b) - (0) in AUC (how near fine-tuning gets to the "
+            "SDSS level); (b) - (d) in AUC at the main and the smallest DES N_train (what the SDSS "
+            "start is worth; &plusmn; the seeds' spreads in quadrature); the part of (b)'s AUC above "
+            "chance that (d) reaches, (AUC_d - 0.5) / (AUC_b - 0.5).</p>",
+            _table(found),
         ]
     for key in ("roc", "label_budget", "examples", "false_positives_q3"):
         path = figs.get(key)

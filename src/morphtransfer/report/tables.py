@@ -158,6 +158,51 @@ def n_to_reach_level(budget: pd.DataFrame, metric: str = "auc", tol: float = REA
     return out
 
 
+def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The study's qualitative claims, measured per question from Table 2 (and the sweep).
+
+    - ``tpr_a_minus_0``, ``precision_a_minus_0``: what applying the SDSS model to DES as it is
+      costs in completeness and purity at P_th (the study: (a) loses one or the other);
+    - ``auc_b_minus_0``: how close fine-tuning gets to the SDSS level (the study: near it);
+    - ``auc_b_minus_d`` (± the spreads over seeds added in quadrature) at the main N_train, and
+      ``auc_b_minus_d_smallest_n`` at the smallest sweep N_train: what the SDSS start is worth;
+    - ``d_skill_fraction`` = (AUC_d - 0.5) / (AUC_b - 0.5): the part of fine-tuning's skill above
+      chance that training from scratch on the same galaxies reaches (the study: (d) fails
+      most clearly for bars, i.e. the smallest fraction).
+    """
+    rows = []
+    for q, g in t2.groupby("question", sort=True):
+        by = {r["experiment"]: r for _, r in g.iterrows()}
+        r = {"question": q}
+
+        def d(a, b, m):
+            return float(by[a][m] - by[b][m]) if a in by and b in by else math.nan
+
+        r["tpr_a_minus_0"] = d("a", "0", "tpr")
+        r["precision_a_minus_0"] = d("a", "0", "precision")
+        r["auc_b_minus_0"] = d("b", "0", "auc")
+        r["auc_b_minus_d"] = d("b", "d", "auc")
+        r["auc_b_minus_d_std"] = (
+            float(math.hypot(by["b"]["auc_std"], by["d"]["auc_std"])) if "b" in by and "d" in by else math.nan
+        )
+        r["n_train_main"] = int(by["b"]["n_train"]) if "b" in by else 0
+        r["d_skill_fraction"] = (
+            float((by["d"]["auc"] - 0.5) / (by["b"]["auc"] - 0.5))
+            if "b" in by and "d" in by and by["b"]["auc"] > 0.5 else math.nan
+        )
+        r["n_train_smallest"], r["auc_b_minus_d_smallest_n"] = 0, math.nan
+        if budget is not None and len(budget):
+            bq = budget[budget["task"] == q]
+            if len(bq):
+                n0 = int(bq["n_train_target"].min())
+                at = bq[bq["n_train_target"] == n0].set_index("experiment")
+                if {"b", "d"} <= set(at.index):
+                    r["n_train_smallest"] = n0
+                    r["auc_b_minus_d_smallest_n"] = float(at.loc["b", "auc"] - at.loc["d", "auc"])
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
 # ---- writers ------------------------------------------------------------------------------
 
 
