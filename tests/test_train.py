@@ -191,6 +191,16 @@ def test_q2_is_class_balanced_and_robust_labels_are_default(blob_store, tmp_path
     assert card["class_weights"]["0"] == pytest.approx(39 / 72)
     w = class_weights(np.array([1, 0, 0, 0]), True)
     assert w == {0: pytest.approx(4 / 6), 1: 2.0}
+    # the validation loss (model selection, early stopping) carries the same class weights: one
+    # epoch, so best_val_loss is that epoch's loss of the kept weights on the 5 validation galaxies
+    assert card["val_loss"] == "class-weighted mean"
+    ids = pd.read_csv(out / "training_ids.csv")
+    val = ids[ids["role"] == "val"]
+    yv, pv = val["label"].to_numpy(), val["p"].to_numpy().astype("float64")
+    bce = -(yv * np.log(pv) + (1 - yv) * np.log1p(-pv))
+    wv = np.where(yv == 1, card["class_weights"]["1"], card["class_weights"]["0"])
+    assert card["best_val_loss"] == pytest.approx(float((wv * bce).sum() / wv.sum()), rel=1e-4)
+    assert card["best_val_loss"] != pytest.approx(float(bce.mean()), rel=1e-2)
 
 
 def test_split_validation_is_stratified_and_seeded():
