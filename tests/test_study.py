@@ -185,6 +185,24 @@ def test_small_samples_get_at_least_min_steps(monkeypatch):
     assert study.make_recipe(cfg, "target", 300, 3, "Q1")["seed"] == 3
 
 
+def test_fine_tunes_get_their_own_learning_rate_and_scratch_keeps_the_base_one(pair, tmp_path, monkeypatch):
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    cfg = tiny_config()
+    cfg["recipe"]["source"]["learning_rate"] = 1e-3
+    cfg["recipe"]["target"].update({"learning_rate": 1e-3, "fine_tune_learning_rate": 1e-4})
+    study.run_study(out=tmp_path / "r", source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
+    by_kind = {"b": set(), "c": set(), "d": set(), "source": set()}
+    for t in eng.trained:
+        kind = Path(t["out"]).name.split("_")[0]
+        by_kind[kind].add(t["recipe"]["learning_rate"])
+        assert "fine_tune_learning_rate" not in t["recipe"]  # not a train.Recipe field
+    assert by_kind == {"b": {1e-4}, "c": {1e-4}, "d": {1e-3}, "source": {1e-3}}
+    # without the key, all three use learning_rate (the published study's single value)
+    assert study.make_recipe(tiny_config(), "target", 40, 0, "Q1", fine_tune=True).get("learning_rate") is None
+    assert study.make_recipe(cfg, "target", 40, 0, "Q1", fine_tune=False)["learning_rate"] == 1e-3
+
+
 def test_config_round_trips_through_toml():
     import tomllib
 

@@ -347,6 +347,14 @@ def test_cli_train_and_evaluate(blob_store, tmp_path):
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())  # rich wraps lines at the terminal width
     assert "scratch Q1 model" in text and "108 training + 12 validation" in text
+    assert json.loads((out / "card.json").read_text())["recipe"]["learning_rate"] == 1e-3
+    # fine-tuning from it defaults to the presets' fine-tuning learning rate; --lr overrides
+    for extra, lr in (([], 1e-4), (["--lr", "3e-4"], 3e-4)):
+        ft = tmp_path / f"cli_ft_{lr:g}"
+        r = runner.invoke(app, ["train", "--store", str(blob_store.path), "--task", "Q1", "--split", "train",
+                                "--epochs", "1", "--init", str(out), "--out", str(ft), *extra])
+        assert r.exit_code == 0, r.output
+        assert json.loads((ft / "card.json").read_text())["recipe"]["learning_rate"] == lr
     r = runner.invoke(app, ["evaluate", "--model", str(out), "--store", str(blob_store.path),
                             "--task", "Q1", "--n-boot", "50", "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output

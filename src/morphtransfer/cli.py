@@ -167,6 +167,11 @@ def download_command(
 # ---- end ingest, download -----------------------------------------------------------------
 
 # ---- train, evaluate (issue 5) ------------------------------------------------------------
+# fine-tuning's learning rate (the presets' [recipe.target] fine_tune_learning_rate): at the
+# from-scratch 1e-3, tuning every layer on a few hundred galaxies first undoes the start model
+FINE_TUNE_LR = 1e-4
+
+
 @app.command("train")
 def train_command(
     store: Path = typer.Option(..., "--store", help="Store with the training galaxies."),
@@ -178,7 +183,9 @@ def train_command(
     epochs: int = typer.Option(50, "--epochs", help="Maximum epochs (the study: 50)."),
     patience: int = typer.Option(10, "--patience", help="Early-stopping patience; 0: none."),
     batch_size: int = typer.Option(30, "--batch-size", help="Batch size (the study: 30)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (the study: 1e-3)."),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Adam learning rate; default 1e-3 from scratch (the study), 1e-4 with "
+                           "--init (fine-tuning, as the study presets)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Rotations, shifts, flips, zoom."),
     precision: str = typer.Option(
         "32-true", "--precision",
@@ -198,6 +205,8 @@ def train_command(
 
     from morphtransfer.train import Recipe, select_split, train_model
 
+    if lr is None:
+        lr = FINE_TUNE_LR if init is not None else 1e-3
     recipe = Recipe(max_epochs=epochs, early_stopping_patience=patience or None,
                     batch_size=batch_size, learning_rate=lr, augment=augment,
                     precision=precision, seed=seed)

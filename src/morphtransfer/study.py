@@ -465,16 +465,21 @@ def _simulate(n: int, seed: int, out: Path, workers: int) -> None:
     simulate(n, seed, out, **kwargs)
 
 
-def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str):
+def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_tune: bool = False):
     """A train.Recipe from the [recipe.source] / [recipe.target] section.
 
     ``early_stopping_patience = 0`` turns early stopping off (TOML has no null).
     ``min_steps`` (target only): small samples get more epochs so that every approach sees at
     least that many optimiser steps; b, c and d of one n_train share the same budget.
+    ``fine_tune_learning_rate`` (target only): the learning rate of trainings that start from a
+    trained model (b, c; ``fine_tune=True``); from-scratch (d) keeps ``learning_rate``.
     """
     train = _engine()
     section = dict(cfg["recipe"].get(which, {}))
     section.pop("min_steps", None)
+    ft_lr = section.pop("fine_tune_learning_rate", None)
+    if fine_tune and ft_lr is not None:
+        section["learning_rate"] = float(ft_lr)
     section["max_epochs"] = _epochs(cfg, which, n_train)
     section["seed"] = int(seed)
     # TOML has no null: early_stopping_patience = 0 means no early stopping
@@ -967,7 +972,7 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
         init = paths.source_model(exp.task, exp.source_seed) if exp.init == "source" else (
             None if exp.init == "scratch" else Path(exp.init)
         )
-        recipe = make_recipe(cfg, "target", len(rows), exp.seed, exp.task)
+        recipe = make_recipe(cfg, "target", len(rows), exp.seed, exp.task, fine_tune=init is not None)
         engine.train_model(
             tgt_store, exp.task, rows=rows, label_column="label", init=init,
             trainable=exp.trainable, recipe=recipe, out=model,
