@@ -245,6 +245,53 @@ def test_same_galaxy_under_another_id_is_kept_out_of_source_training(pair):
     assert set(sp2[sp2["role"] == "source_train"]["id"]) & test2
 
 
+def test_target_votes_source_labels_target_galaxies_with_the_source_volunteers(pair, tmp_path, monkeypatch):
+    """The study's design: DES galaxies carry the Galaxy Zoo (SDSS) label of the same galaxy."""
+    src, tgt = Store(pair[0]), Store(pair[1])
+    cfg = tiny_config()
+    cfg["labels"]["target_votes"] = "source"
+    s_cat, t_cat = study.prepare_catalog(src.catalog), study.prepare_catalog(tgt.catalog)
+    s_lab = study.task_labels(s_cat, "Q3", cfg["labels"]).set_axis(s_cat["id"].astype(str))
+    t_lab = study.task_labels(t_cat, "Q3", cfg["labels"]).set_axis(t_cat["id"].astype(str))
+    assert (s_lab != t_lab).sum() > 20  # the two surveys' volunteers disagree on bars
+    sp = study.make_splits(s_cat, t_cat, "Q3", cfg)
+    tgt_rows = sp[sp["survey"] == "target"]
+    assert len(tgt_rows) == int((s_lab >= 0).sum())  # exactly the source-robust galaxies
+    assert (tgt_rows["label"].to_numpy() == s_lab[tgt_rows["id"]].to_numpy()).all()
+    # another naming of the same galaxies: matched by position (within 1 arcsec), else unlabelled
+    rng = np.random.default_rng(1)
+    s_pos = s_cat.assign(ra=rng.uniform(0, 10, len(s_cat)), dec=rng.uniform(-1, 1, len(s_cat)))
+    shift = np.where(np.arange(len(s_cat)) < 50, 5.0, 0.3) / 3600  # the first 50 are 5" away
+    t_pos = t_cat.assign(id="des_" + t_cat["id"].astype(str), ra=s_pos["ra"].to_numpy() + shift,
+                         dec=s_pos["dec"].to_numpy())
+    lab = study._source_labels_for(t_pos, s_pos, s_lab.to_numpy())
+    assert (lab[:50] == -1).all()
+    assert (lab[50:] == s_lab.to_numpy()[50:]).all()
+    cfg["labels"]["target_votes"] = "des"
+    with pytest.raises(InputError, match="target_votes"):
+        study.make_splits(s_cat, t_cat, "Q3", cfg)
+    # a target Store without any votes runs the whole study on the source's labels
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    bare = tmp_path / "des_bare"
+    from morphtransfer.data.store import StoreWriter
+
+    w = StoreWriter(bare, survey="des", bands=["g", "r", "i"])
+    w.append(tgt.catalog[["id", "survey"]], tgt.read_images(tgt.catalog["image_index"].to_numpy()))
+    cfg["labels"]["target_votes"] = "source"
+    res = study.run_study(out=tmp_path / "r", source=pair[0], target=bare, config=cfg,
+                          progress=False, report=False)
+    assert {e.task for e in res.experiments} == {"Q1", "Q2", "Q3"}
+    preds = pd.read_parquet(tmp_path / "r" / "predictions.parquet")
+    a = preds[(preds["task"] == "Q3") & (preds["experiment"] == "a")]
+    assert (a["label"].to_numpy() == s_lab[a["id"].astype(str)].to_numpy()).all()
+    # the table says whose labels it was scored against
+    from morphtransfer.report import write_report
+
+    write_report(tmp_path / "r", cfg)
+    assert "SDSS volunteers' label of the same galaxy" in (tmp_path / "r" / "table2.md").read_text()
+
+
 def test_simulated_pair_of_another_simulator_version_is_refused(tmp_path):
     """A run folder simulated by another simulator version is not silently reused."""
     import json

@@ -9,8 +9,10 @@ The design is Dominguez Sanchez et al. 2019 (MNRAS 484, 93), section 4 and Table
     c  fine-tune the dense part only (convolutional layers frozen) on the same n
     d  train from scratch on the same n target galaxies
 
-Labels for training and testing are robust volunteer labels (``tasks.robust_labels``), taken in
-each survey separately. Truth columns of simulated data (``true_*``) are never used for training
+Labels for training and testing are robust volunteer labels (``tasks.robust_labels``). The target
+galaxies' labels are the target survey's own votes by default, or with ``[labels] target_votes =
+"source"`` the source survey's votes for the same galaxy, as in the study (its DES galaxies carry
+Galaxy Zoo 2 labels made from SDSS images). Truth columns of simulated data (``true_*``) are never used for training
 or testing; they are carried into the predictions for the report's "model error vs volunteer error"
 figures only.
 
@@ -322,8 +324,11 @@ def make_splits(
     taken_test: set[str] = set()
     if target_catalog is not None:
         tgt = prepare_catalog(target_catalog)
-        tgt_lab = task_labels(tgt, task, cfg.get("labels", {})).to_numpy()
         tgt_ids = tgt["id"].astype(str).to_numpy()
+        if target_votes(cfg) == "source":
+            tgt_lab = _source_labels_for(tgt, src, src_lab.to_numpy())
+        else:
+            tgt_lab = task_labels(tgt, task, cfg.get("labels", {})).to_numpy()
         rob = np.flatnonzero(tgt_lab >= 0)
         perm = rob[_rng(split_seed, tidx, 1).permutation(len(rob))]
         n_test = _per_task(cfg["target"]["n_test"], task, "[target] n_test")
@@ -357,6 +362,46 @@ def make_splits(
 
 
 MATCH_RADIUS_ARCSEC = 1.0  # SDSS and DES astrometry agree to ~0.1"; galaxies are > 3" apart
+
+TARGET_VOTES = ("target", "source")
+
+
+def target_votes(cfg: dict) -> str:
+    """Whose volunteers label the target galaxies: ``[labels] target_votes``.
+
+    "target": the target survey's own votes (a team labelling its new survey). "source": the
+    source survey's votes for the same galaxy, as in Dominguez Sanchez et al. 2019, whose DES
+    galaxies carry Galaxy Zoo 2 labels made from SDSS images; a target galaxy without a source
+    counterpart (same id, or within 1 arcsec) then has no label.
+    """
+    v = str(cfg.get("labels", {}).get("target_votes", "target"))
+    if v not in TARGET_VOTES:
+        raise InputError(f"[labels] target_votes = {v!r} unknown; use one of {TARGET_VOTES}")
+    return v
+
+
+def _source_labels_for(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: np.ndarray) -> np.ndarray:
+    """The source survey's robust label of each target galaxy (-1 where it has none)."""
+    by_id = pd.Series(src_lab, index=pd.Index(src["id"].astype(str))).groupby(level=0).first()
+    out = by_id.reindex(tgt["id"].astype(str)).fillna(-1).to_numpy(dtype="int64")
+    unmatched = np.flatnonzero(~tgt["id"].astype(str).isin(by_id.index).to_numpy())
+    if len(unmatched) and {"ra", "dec"} <= set(tgt.columns) & set(src.columns):
+        # two real Stores name the same galaxy differently: match positions
+        from astropy import units as u
+        from astropy.coordinates import SkyCoord
+
+        rows = tgt.iloc[unmatched]
+        ra1, dec1 = rows["ra"].to_numpy("float64"), rows["dec"].to_numpy("float64")
+        ra2, dec2 = src["ra"].to_numpy("float64"), src["dec"].to_numpy("float64")
+        ok1 = np.isfinite(ra1) & np.isfinite(dec1)
+        ok2 = np.flatnonzero(np.isfinite(ra2) & np.isfinite(dec2))
+        if ok1.any() and len(ok2):
+            c1 = SkyCoord(ra1[ok1] * u.deg, dec1[ok1] * u.deg)
+            c2 = SkyCoord(ra2[ok2] * u.deg, dec2[ok2] * u.deg)
+            j, sep, _ = c1.match_to_catalog_sky(c2)
+            near = sep.arcsec < MATCH_RADIUS_ARCSEC
+            out[unmatched[ok1][near]] = src_lab[ok2[j[near]]]
+    return out.astype("int8")
 
 
 def _within(rows: pd.DataFrame, others: pd.DataFrame, radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> np.ndarray:
@@ -732,10 +777,14 @@ def run_study(
     tasks: list[str] = []
     src_cat = prepare_catalog(src_store.catalog)
     tgt_cat = prepare_catalog(tgt_store.catalog) if tgt_store is not None else None
+    votes = target_votes(cfg)
     for t in cfg["study"]["tasks"]:
         try:
             lab_s = task_labels(src_cat, t, cfg["labels"])
-            lab_t = task_labels(tgt_cat, t, cfg["labels"]) if tgt_cat is not None else None
+            lab_t = None
+            if tgt_cat is not None:
+                lab_t = pd.Series(_source_labels_for(tgt_cat, src_cat, lab_s.to_numpy())) if votes == "source" \
+                    else task_labels(tgt_cat, t, cfg["labels"])
         except InputError as exc:
             notes.append(f"{t} skipped: {exc}")
             continue
@@ -748,7 +797,9 @@ def run_study(
             )
             continue
         if lab_t is not None and int((lab_t >= 0).sum()) < 10:
-            notes.append(f"{t} skipped: the target Store has too few robust labels")
+            notes.append(f"{t} skipped: the target Store has too few robust labels" + (
+                " (target_votes = 'source': target galaxies take the source Store's labels of the "
+                "same id or position, and too few of them match)" if votes == "source" else ""))
             continue
         tasks.append(t)
     if not tasks:

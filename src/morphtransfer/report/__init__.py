@@ -21,6 +21,7 @@ from morphtransfer.report.tables import (
     compute_metrics,
     findings,
     label_budget,
+    labels_phrase,
     n_to_reach_level,
     table2,
     to_latex,
@@ -86,7 +87,7 @@ def write_report(
 
     written: dict[str, Path] = {}
     t2.to_csv(run_dir / "table2.csv", index=False)
-    (run_dir / "table2.md").write_text(to_markdown(t2, p_threshold))
+    (run_dir / "table2.md").write_text(to_markdown(t2, p_threshold, labels_phrase(cfg)))
     (run_dir / "table2.tex").write_text(to_latex(t2, p_threshold))
     written.update({k: run_dir / f"table2.{k}" for k in ("md", "csv", "tex")})
 

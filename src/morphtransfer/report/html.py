@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphtransfer.report.tables import to_markdown
+from morphtransfer.report.tables import labels_phrase, to_markdown
 
 CAPTIONS = {
     "roc": "Figure 2. ROC curves per question: the SDSS model on SDSS (0) and on DES (a), "
@@ -20,7 +20,7 @@ CAPTIONS = {
     "galaxies (mean ± spread over seeds), with the SDSS level (0) and the direct transfer (a) as "
     "lines. Data: figures/label_budget.csv.",
     "examples": "Figure 1. The same galaxies seen by SDSS (top) and DES (bottom): smooth, disk, "
-    "edge-on and barred, as robust DES volunteer labels call them. Data: figures/examples.csv.",
+    "edge-on and barred, as robust volunteer labels call them. Data: figures/examples.csv.",
     "false_positives_q3": "Figure 3. DES galaxies the fine-tuned model (b) calls barred but the "
     "volunteers do not; the simulator's truth says which bars the volunteers missed. "
     "Data: figures/false_positives_q3.csv.",
@@ -108,7 +108,7 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
         "on SDSS, applied to DES as it is (a), fine-tuned on a few DES labels (b, c) and trained from "
         f"scratch on them (d). morphtransfer {__version__}; run folder <code>{html.escape(str(run_dir))}</code>.</p>",
         "<h2>Table 2</h2>",
-        _md_table_to_html(to_markdown(t2, p_threshold)),
+        _md_table_to_html(to_markdown(t2, p_threshold, labels_phrase(cfg))),
     ]
     if reach:
         rows = [{"question": t, **{f"({e})": (v if v is not None else "not reached") for e, v in d.items()}}

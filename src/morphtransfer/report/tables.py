@@ -225,7 +225,18 @@ def _vcell(r: pd.Series, m: str) -> str:
     return f"{v:.3f}" + (f" ± {sd:.3f}" if r.get("n_seeds", 1) > 1 and np.isfinite(sd) else "")
 
 
-def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5) -> str:
+LABELS_OWN = "robust volunteer labels of the test survey"
+LABELS_SOURCE = ("robust volunteer labels of the SDSS (source) survey for every galaxy: the DES "
+                 "galaxies carry the SDSS volunteers' label of the same galaxy, as in the study "
+                 "([labels] target_votes = \"source\")")
+
+
+def labels_phrase(cfg: dict | None) -> str:
+    """Whose labels the table is scored against, from the run's [labels] target_votes."""
+    return LABELS_SOURCE if (cfg or {}).get("labels", {}).get("target_votes") == "source" else LABELS_OWN
+
+
+def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS_OWN) -> str:
     head = "| Question | Exp. | Description | N_train | N_test | N_pos | TPR | Precision | Accuracy | AUC |"
     lines = [head, "|" + "---|" * 10]
     for _, r in t2.iterrows():
@@ -236,8 +247,7 @@ def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5) -> str:
         )
     lines.append("")
     lines.append(
-        f"TPR, precision and accuracy at P_th = {p_threshold}, against robust volunteer labels of "
-        "the test survey. Value ± spread over seeds (different target training samples; for (0) "
+        f"TPR, precision and accuracy at P_th = {p_threshold}, against {labels}. Value ± spread over seeds (different target training samples; for (0) "
         "and (a), different trainings of the SDSS model when the run has several source_seeds) "
         "[bootstrap 95% interval over test galaxies]. N_train: SDSS galaxies for (0) and (a), "
         "DES galaxies for (b), (c), (d)."
