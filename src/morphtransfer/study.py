@@ -385,36 +385,40 @@ def _source_labels_for(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: np.ndarray
     by_id = pd.Series(src_lab, index=pd.Index(src["id"].astype(str))).groupby(level=0).first()
     out = by_id.reindex(tgt["id"].astype(str)).fillna(-1).to_numpy(dtype="int64")
     unmatched = np.flatnonzero(~tgt["id"].astype(str).isin(by_id.index).to_numpy())
-    if len(unmatched) and {"ra", "dec"} <= set(tgt.columns) & set(src.columns):
+    if len(unmatched):
         # two real Stores name the same galaxy differently: match positions
-        from astropy import units as u
-        from astropy.coordinates import SkyCoord
-
-        rows = tgt.iloc[unmatched]
-        ra1, dec1 = rows["ra"].to_numpy("float64"), rows["dec"].to_numpy("float64")
-        ra2, dec2 = src["ra"].to_numpy("float64"), src["dec"].to_numpy("float64")
-        ok1 = np.isfinite(ra1) & np.isfinite(dec1)
-        ok2 = np.flatnonzero(np.isfinite(ra2) & np.isfinite(dec2))
-        if ok1.any() and len(ok2):
-            c1 = SkyCoord(ra1[ok1] * u.deg, dec1[ok1] * u.deg)
-            c2 = SkyCoord(ra2[ok2] * u.deg, dec2[ok2] * u.deg)
-            j, sep, _ = c1.match_to_catalog_sky(c2)
-            near = sep.arcsec < MATCH_RADIUS_ARCSEC
-            out[unmatched[ok1][near]] = src_lab[ok2[j[near]]]
+        j = _nearest_within(tgt.iloc[unmatched], src)
+        out[unmatched[j >= 0]] = src_lab[j[j >= 0]]
     return out.astype("int8")
+
+
+def _nearest_within(rows: pd.DataFrame, others: pd.DataFrame,
+                    radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> np.ndarray:
+    """Position in ``others`` of each row's nearest galaxy within ``radius_arcsec``, else -1
+    (all -1 without ra/dec columns; rows or others with non-finite positions never match)."""
+    out = np.full(len(rows), -1, dtype="int64")
+    if len(rows) == 0 or len(others) == 0 or not {"ra", "dec"} <= set(rows.columns) & set(others.columns):
+        return out
+    ra1, dec1 = rows["ra"].to_numpy(dtype="float64"), rows["dec"].to_numpy(dtype="float64")
+    ra2, dec2 = others["ra"].to_numpy(dtype="float64"), others["dec"].to_numpy(dtype="float64")
+    ok1 = np.flatnonzero(np.isfinite(ra1) & np.isfinite(dec1))
+    ok2 = np.flatnonzero(np.isfinite(ra2) & np.isfinite(dec2))
+    if not len(ok1) or not len(ok2):
+        return out
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    c1 = SkyCoord(ra1[ok1] * u.deg, dec1[ok1] * u.deg)
+    c2 = SkyCoord(ra2[ok2] * u.deg, dec2[ok2] * u.deg)
+    j, sep, _ = c1.match_to_catalog_sky(c2)
+    near = sep.arcsec < radius_arcsec
+    out[ok1[near]] = ok2[j[near]]
+    return out
 
 
 def _within(rows: pd.DataFrame, others: pd.DataFrame, radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> np.ndarray:
     """Which of ``rows`` lie within ``radius_arcsec`` of any of ``others`` (False without ra/dec)."""
-    if len(rows) == 0 or len(others) == 0 or not {"ra", "dec"} <= set(rows.columns) & set(others.columns):
-        return np.zeros(len(rows), dtype=bool)
-    ra1, dec1 = rows["ra"].to_numpy(dtype="float64"), rows["dec"].to_numpy(dtype="float64")
-    ra2, dec2 = others["ra"].to_numpy(dtype="float64"), others["dec"].to_numpy(dtype="float64")
-    ok1 = np.isfinite(ra1) & np.isfinite(dec1)
-    ok2 = np.isfinite(ra2) & np.isfinite(dec2)
-    out = np.zeros(len(rows), dtype=bool)
-    if not ok1.any() or not ok2.any():
-        return out
+    return _nearest_within(rows, others, radius_arcsec) >= 0
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
