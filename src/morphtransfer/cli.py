@@ -206,7 +206,7 @@ def train_command(
     from morphtransfer.train import Recipe, select_split, train_model
 
     if lr is None:
-        lr = FINE_TUNE_LR if init is not None else 1e-3
+        lr = FINE_TUNE_LR if init is not None else Recipe.learning_rate  # the study's 1e-3
     recipe = Recipe(max_epochs=epochs, early_stopping_patience=patience or None,
                     batch_size=batch_size, learning_rate=lr, augment=augment,
                     precision=precision, seed=seed)

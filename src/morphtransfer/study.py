@@ -325,10 +325,7 @@ def make_splits(
     if target_catalog is not None:
         tgt = prepare_catalog(target_catalog)
         tgt_ids = tgt["id"].astype(str).to_numpy()
-        if target_votes(cfg) == "source":
-            tgt_lab = _source_labels_for(tgt, src, src_lab.to_numpy())
-        else:
-            tgt_lab = task_labels(tgt, task, cfg.get("labels", {})).to_numpy()
+        tgt_lab = target_labels(tgt, src, src_lab, task, cfg)
         rob = np.flatnonzero(tgt_lab >= 0)
         perm = rob[_rng(split_seed, tidx, 1).permutation(len(rob))]
         n_test = _per_task(cfg["target"]["n_test"], task, "[target] n_test")
@@ -380,9 +377,16 @@ def target_votes(cfg: dict) -> str:
     return v
 
 
+def target_labels(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: pd.Series, task: str, cfg: dict) -> np.ndarray:
+    """Robust labels 1/0/-1 of the target galaxies, from whose votes ``target_votes`` says."""
+    if target_votes(cfg) == "source":
+        return _source_labels_for(tgt, src, src_lab.to_numpy())
+    return task_labels(tgt, task, cfg.get("labels", {})).to_numpy()
+
+
 def _source_labels_for(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: np.ndarray) -> np.ndarray:
     """The source survey's robust label of each target galaxy (-1 where it has none)."""
-    by_id = pd.Series(src_lab, index=pd.Index(src["id"].astype(str))).groupby(level=0).first()
+    by_id = pd.Series(src_lab, index=pd.Index(src["id"].astype(str)))  # Store ids are unique
     out = by_id.reindex(tgt["id"].astype(str)).fillna(-1).to_numpy(dtype="int64")
     unmatched = np.flatnonzero(~tgt["id"].astype(str).isin(by_id.index).to_numpy())
     if len(unmatched):
@@ -419,14 +423,6 @@ def _nearest_within(rows: pd.DataFrame, others: pd.DataFrame,
 def _within(rows: pd.DataFrame, others: pd.DataFrame, radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> np.ndarray:
     """Which of ``rows`` lie within ``radius_arcsec`` of any of ``others`` (False without ra/dec)."""
     return _nearest_within(rows, others, radius_arcsec) >= 0
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord
-
-    c1 = SkyCoord(ra1[ok1] * u.deg, dec1[ok1] * u.deg)
-    c2 = SkyCoord(ra2[ok2] * u.deg, dec2[ok2] * u.deg)
-    _, sep, _ = c1.match_to_catalog_sky(c2)
-    out[np.flatnonzero(ok1)] = sep.arcsec < radius_arcsec
-    return out
 
 
 def _role_frame(ids, labels, survey, role) -> pd.DataFrame:
@@ -785,10 +781,7 @@ def run_study(
     for t in cfg["study"]["tasks"]:
         try:
             lab_s = task_labels(src_cat, t, cfg["labels"])
-            lab_t = None
-            if tgt_cat is not None:
-                lab_t = pd.Series(_source_labels_for(tgt_cat, src_cat, lab_s.to_numpy())) if votes == "source" \
-                    else task_labels(tgt_cat, t, cfg["labels"])
+            lab_t = target_labels(tgt_cat, src_cat, lab_s, t, cfg) if tgt_cat is not None else None
         except InputError as exc:
             notes.append(f"{t} skipped: {exc}")
             continue

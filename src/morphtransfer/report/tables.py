@@ -247,8 +247,8 @@ def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS
         )
     lines.append("")
     lines.append(
-        f"TPR, precision and accuracy at P_th = {p_threshold}, against {labels}. Value ± spread over seeds (different target training samples; for (0) "
-        "and (a), different trainings of the SDSS model when the run has several source_seeds) "
+        f"TPR, precision and accuracy at P_th = {p_threshold}, against {labels}. Value ± spread "
+        "over seeds (different target training samples; for (0) and (a), different trainings of the SDSS model when the run has several source_seeds) "
         "[bootstrap 95% interval over test galaxies]. N_train: SDSS galaxies for (0) and (a), "
         "DES galaxies for (b), (c), (d)."
     )
