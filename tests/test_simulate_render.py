@@ -159,6 +159,16 @@ def test_model_input_is_the_studys_preprocessing_of_the_survey_stamp():
     # crop 10 x R90 of the stamp, area-average to 69 x 69, each band / its max (shared code)
     assert obs.geometry.cutout_arcsec == pytest.approx(10 * g.r90_arcsec)
     assert obs.geometry.n_pix * obs.geometry.pixel_scale_arcsec > obs.geometry.cutout_arcsec
+    # SDSS serves a JPEG: the model input is the preprocessed 8-bit product, not the fluxes
+    assert obs.served.shape == obs.stamps.shape
+    assert obs.served.min() >= 0 and obs.served.max() <= 255
+    assert np.array_equal(obs.served, np.round(obs.served))
+    again = preprocess_cutout(obs.served, obs.geometry.pixel_scale_arcsec, g.r90_arcsec)
+    assert np.allclose(again, obs.images, atol=1e-6)
+    # a survey without an image product: the model sees the noisy fluxes themselves
+    linear = dataclasses.replace(get_survey("sdss"), image_product=None)
+    obs = observe(g, linear, np.random.default_rng(0), keep_stamps=True)
+    assert obs.served is None
     again = preprocess_cutout(obs.stamps, obs.geometry.pixel_scale_arcsec, g.r90_arcsec)
     assert np.allclose(again, obs.images, atol=1e-6)
 

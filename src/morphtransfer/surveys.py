@@ -50,6 +50,41 @@ class Band:
         return self.fwhm_arcsec * FWHM_TO_SIGMA
 
 
+IMAGE_PRODUCT_KINDS = ("lupton", "legacy_asinh")
+
+
+@dataclass(frozen=True)
+class ImageProduct:
+    """How a cutout service turns per-band fluxes (nanomaggies per native pixel) into 8-bit RGB.
+
+    ``kind``: "lupton" (astropy.visualization.make_lupton_rgb, Lupton et al. 2004: colour-
+    preserving asinh of the band mean, saturating to colour) or "legacy_asinh" (legacypipe
+    sdss_rgb: asinh(Q I) / sqrt(Q) of the mean of the offset, scaled bands, each channel clipped).
+    ``channels``: the band shown in R, G, B. ``band_scales``: multiplier per band (same order as
+    the survey's bands) applied before the stretch. ``stretch`` / ``Q``: the asinh's linear range
+    and softening (Lupton); ``Q`` and ``offset`` (legacy ``m``). ``jpeg_quality``: 0 for a
+    lossless PNG-like product.
+    """
+
+    kind: str
+    channels: tuple[str, str, str]
+    band_scales: tuple[float, ...]
+    Q: float
+    stretch: float = 1.0
+    offset: float = 0.0
+    jpeg_quality: int = 75
+
+    def __post_init__(self):
+        if self.kind not in IMAGE_PRODUCT_KINDS:
+            raise InputError(f"image product kind {self.kind!r} unknown; use one of {IMAGE_PRODUCT_KINDS}")
+        if len(self.channels) != 3:
+            raise InputError(f"an image product has 3 channels (R, G, B), got {self.channels}")
+        if self.Q <= 0 or self.stretch <= 0 or any(s <= 0 for s in self.band_scales):
+            raise InputError("image product Q, stretch and band scales must be > 0")
+        if not 0 <= self.jpeg_quality <= 100:
+            raise InputError(f"jpeg_quality {self.jpeg_quality} must be in 0..100")
+
+
 @dataclass(frozen=True)
 class Survey:
     """An imaging survey as data: name, bands, pixel scale, PSF, depth, sky, cutout service."""
@@ -63,6 +98,9 @@ class Survey:
     # Galaxy Zoo-like volunteer votes per galaxy in this survey's project (range drawn uniformly).
     votes_min: int = 40
     votes_max: int = 40
+    # What the cutout service serves and the study's model sees (simulate/product.py); None: the
+    # linear fluxes themselves (a FITS product).
+    image_product: ImageProduct | None = None
     notes: str = field(default="", compare=False)
 
     @property
@@ -125,6 +163,10 @@ SURVEYS: dict[str, Survey] = {
         cutout_service="sdss_skyserver",
         votes_min=40,
         votes_max=40,
+        image_product=ImageProduct(
+            kind="lupton", channels=("i", "r", "g"), band_scales=(0.8, 1.0, 0.6), Q=8.0,
+            stretch=0.8,
+        ),
     ),
     "des": Survey(
         name="des",
@@ -139,6 +181,10 @@ SURVEYS: dict[str, Survey] = {
         cutout_layer="des-dr1",
         votes_min=5,
         votes_max=40,
+        image_product=ImageProduct(
+            kind="legacy_asinh", channels=("i", "r", "g"), band_scales=(6.0, 3.4, 3.0), Q=20.0,
+            offset=0.03,
+        ),
     ),
     "decals": Survey(
         name="decals",
@@ -153,6 +199,10 @@ SURVEYS: dict[str, Survey] = {
         cutout_layer="ls-dr10",
         votes_min=5,
         votes_max=40,
+        image_product=ImageProduct(
+            kind="legacy_asinh", channels=("z", "r", "g"), band_scales=(6.0, 3.4, 2.2), Q=20.0,
+            offset=0.03,
+        ),
     ),
 }
 

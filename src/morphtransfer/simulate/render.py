@@ -18,6 +18,11 @@ common to the bands of one image (SDSS observes g, r, i simultaneously in drift 
 Noise: sky noise per pixel from the survey's depth plus the galaxy's own Poisson noise with the
 survey's electrons per nanomaggy (``Survey.sky_noise_per_pixel``, ``electrons_per_nanomaggy``).
 
+Served image: when the survey has an ``image_product`` (SDSS SkyServer JPEG, Legacy Survey viewer
+JPEG), the noisy fluxes go through that survey's colour stretch, 8 bits and JPEG before the
+study's preprocessing, exactly as real cutouts do (product.py); without one the model sees the
+linear fluxes (a FITS product).
+
 Large galaxies: a cutout of 10 x R90 can span many hundreds of DES pixels. Above
 ``MAX_STAMP_PIXELS`` the stamp is drawn with pixels an integer multiple ``binning`` of the survey's
 pixel (sky variance binning^2 times larger): the sum of binning x binning survey pixels, so the
@@ -51,6 +56,7 @@ import scipy.fft
 from morphtransfer.data.preprocess import CROP_FACTOR, IMAGE_SIZE, preprocess_cutout
 from morphtransfer.errors import InputError
 from morphtransfer.simulate.population import Galaxy
+from morphtransfer.simulate.product import serve
 from morphtransfer.surveys import FWHM_TO_SIGMA, Survey, get_survey
 
 MODEL_SIZE = IMAGE_SIZE  # the study's input: 69 x 69 pixels per band
@@ -260,6 +266,7 @@ class Observation:
     snr_r: float
     stamps: np.ndarray | None = None  # (bands, n, n) noisy pixel fluxes, nanomaggies
     models: np.ndarray | None = None  # noise-free
+    served: np.ndarray | None = None  # (bands, n, n) the served 8-bit product, when the survey has one
 
     def catalog_row(self) -> dict:
         row = {f"psf_fwhm_{b}_arcsec": v for b, v in self.psf_fwhm_arcsec.items()}
@@ -359,11 +366,25 @@ def observe(
     comp_r = g.component_fluxes_r()
     fluxes = {b: {c: band_flux(g, c, comp_r[c], b) for c in kims} for b in bands}
     models = render_kimages(kims, fluxes, grid, psf_fwhm)
-    noisy = add_noise(models, survey, bands, geom.binning, rng)
+    noisy = served = None
+    if survey.image_product is not None:
+        # what the survey's cutout service serves: noise per native pixel, its colour stretch,
+        # 8 bits, JPEG (product.py)
+        served = serve(
+            models, bands, survey.image_product, geom.binning,
+            np.array([survey.sky_noise_per_pixel(b) for b in bands]),
+            np.array([survey.electrons_per_nanomaggy(b) for b in bands]), rng,
+        )
+        source = served
+    else:
+        noisy = add_noise(models, survey, bands, geom.binning, rng)
+        source = noisy
     # the study's preprocessing, shared with real data: crop 10 x R90 (fractional edges),
     # area-average to 69 x 69, each band / its maximum
-    images = preprocess_cutout(noisy, geom.pixel_scale_arcsec, g.r90_arcsec, size=model_size,
+    images = preprocess_cutout(source, geom.pixel_scale_arcsec, g.r90_arcsec, size=model_size,
                                crop_factor=cutout_r90)
+    if keep_stamps and noisy is None:
+        noisy = add_noise(models, survey, bands, geom.binning, rng)
 
     # --- visibility, measured in the band nearest r -------------------------------------------
     jr = bands.index("r") if "r" in bands else len(bands) // 2
@@ -404,6 +425,7 @@ def observe(
         snr_r=snr_r,
         stamps=noisy.astype(np.float32) if keep_stamps else None,
         models=models.astype(np.float32) if keep_stamps else None,
+        served=served if keep_stamps else None,
     )
 
 

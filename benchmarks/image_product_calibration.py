@@ -1,0 +1,136 @@
+"""Calibrate / check a survey's simulated image product against real served cutouts.
+
+Compares, after the study's preprocessing (crop 10 x R90, area average to 69 x 69, each band / its
+maximum), simple statistics of real SDSS SkyServer JPEGs (../shared/data/sdss_gz1) with the same
+statistics of simulated SDSS galaxies rendered through ``Survey.image_product`` (or a candidate
+product given on the command line, for the calibration grid). Prints JSON.
+
+    python benchmarks/image_product_calibration.py [--n 300] [--real 1000] [--fit]
+
+Statistics per band (g, r, i): median background level and noise in the outer 6-pixel frame,
+number of pixels above 0.95 (saturated core), above 0.5 and above 0.1 of the band's maximum, and
+the mean pixel value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from morphtransfer.data.preprocess import preprocess_cutout
+from morphtransfer.data.readers import read_composite
+from morphtransfer.simulate.population import draw_galaxy, galaxy_rng
+from morphtransfer.simulate.product import serve
+from morphtransfer.simulate.render import observe
+from morphtransfer.surveys import get_survey
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sdss_gz1" / "images"
+STATS = ("bg_level", "bg_noise", "n_sat", "n_half", "n_tenth", "mean")
+
+
+def image_stats(images: np.ndarray) -> dict[str, list[float]]:
+    """(n, bands, 69, 69) preprocessed images -> per-band medians / means of the statistics."""
+    n, nb = images.shape[:2]
+    frame = np.concatenate(
+        [images[:, :, :6].reshape(n, nb, -1), images[:, :, -6:].reshape(n, nb, -1)], axis=2
+    )
+    out = {
+        "bg_level": np.median(np.median(frame, axis=2), axis=0),
+        "bg_noise": np.median(frame.std(axis=2), axis=0),
+        "n_sat": (images > 0.95).sum(axis=(2, 3)).mean(0),
+        "n_half": np.median((images > 0.5).sum(axis=(2, 3)), axis=0),
+        "n_tenth": np.median((images > 0.1).sum(axis=(2, 3)), axis=0),
+        "mean": np.median(images.mean(axis=(2, 3)), axis=0),
+    }
+    return {k: [round(float(x), 4) for x in v] for k, v in out.items()}
+
+
+def real_stats(n: int) -> dict | None:
+    files = sorted(REAL.glob("*.jpeg"))[:n]
+    if not files:
+        return None
+    imgs = [preprocess_cutout(read_composite(f, ("i", "r", "g"), ("g", "r", "i")).data)
+            for f in files]
+    return image_stats(np.stack(imgs))
+
+
+def simulated_models(n: int, seed: int = 7):
+    """Noise-free SDSS stamps of n simulated galaxies (with their geometry and R90)."""
+    sv = get_survey("sdss")
+    out = []
+    for i in range(n):
+        g = draw_galaxy(seed, i)
+        obs = observe(g, sv, galaxy_rng(seed, i, 1), keep_stamps=True)
+        out.append((obs.models, obs.geometry, g.r90_arcsec))
+    return out
+
+
+def simulated_stats(models, product, seed: int = 11) -> dict:
+    sv = get_survey("sdss")
+    bands = sv.band_names
+    sky = np.array([sv.sky_noise_per_pixel(b) for b in bands])
+    gain = np.array([sv.electrons_per_nanomaggy(b) for b in bands])
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for m, geom, r90 in models:
+        served = serve(m, bands, product, geom.binning, sky, gain, rng)
+        imgs.append(preprocess_cutout(served, geom.pixel_scale_arcsec, r90))
+    return image_stats(np.stack(imgs))
+
+
+def distance(sim: dict, real: dict) -> float:
+    """Mean absolute log ratio over the statistics and bands (0 = identical)."""
+    d = []
+    for k in STATS:
+        a, b = np.asarray(sim[k]) + 1e-3, np.asarray(real[k]) + 1e-3
+        d.extend(np.abs(np.log(a / b)))
+    return float(np.mean(d))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=300, help="simulated galaxies")
+    ap.add_argument("--real", type=int, default=1000, help="real SkyServer JPEGs")
+    ap.add_argument("--fit", action="store_true",
+                    help="fit stretch, Q and the g and i band scales (Nelder-Mead, r scale 1)")
+    args = ap.parse_args(argv)
+    real = real_stats(args.real)
+    if real is None:
+        print(json.dumps({"skipped": f"no real SDSS JPEGs at {REAL}"}))
+        return 0
+    models = simulated_models(args.n)
+    product = get_survey("sdss").image_product
+    result = {"real_sdss_skyserver": real}
+    if args.fit:
+        from scipy.optimize import minimize
+
+        def objective(x):
+            p = replace(product, stretch=float(np.exp(x[0])), Q=float(np.exp(x[1])),
+                        band_scales=(float(np.exp(x[2])), 1.0, float(np.exp(x[3]))))
+            d = distance(simulated_stats(models, p), real)
+            print(json.dumps({"stretch": p.stretch, "Q": p.Q, "band_scales": p.band_scales,
+                              "distance": round(d, 4)}), file=sys.stderr, flush=True)
+            return d
+
+        x0 = np.log([product.stretch, product.Q, product.band_scales[0], product.band_scales[2]])
+        res = minimize(objective, x0, method="Nelder-Mead",
+                       options={"maxfev": 80, "xatol": 0.05, "fatol": 0.005})
+        best = np.exp(res.x)
+        product = replace(product, stretch=round(float(best[0]), 3), Q=round(float(best[1]), 2),
+                          band_scales=(round(float(best[2]), 3), 1.0, round(float(best[3]), 3)))
+    sim = simulated_stats(models, product)
+    result["simulated_sdss"] = sim
+    result["distance"] = round(distance(sim, real), 4)
+    result["product"] = {"kind": product.kind, "stretch": product.stretch, "Q": product.Q,
+                         "band_scales": list(product.band_scales)}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
