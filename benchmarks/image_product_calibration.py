@@ -26,7 +26,7 @@ from morphtransfer.data.preprocess import preprocess_cutout
 from morphtransfer.data.readers import read_composite
 from morphtransfer.simulate.population import draw_galaxy, galaxy_rng
 from morphtransfer.simulate.product import serve
-from morphtransfer.simulate.render import observe
+from morphtransfer.simulate.render import add_noise, observe
 from morphtransfer.surveys import get_survey
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sdss_gz1" / "images"
@@ -71,6 +71,7 @@ def simulated_models(n: int, seed: int = 7):
 
 
 def simulated_stats(models, product, seed: int = 11) -> dict:
+    """Statistics of the simulated SDSS galaxies served as ``product`` (None: linear fluxes)."""
     sv = get_survey("sdss")
     bands = sv.band_names
     sky = np.array([sv.sky_noise_per_pixel(b) for b in bands])
@@ -78,7 +79,10 @@ def simulated_stats(models, product, seed: int = 11) -> dict:
     rng = np.random.default_rng(seed)
     imgs = []
     for m, geom, r90 in models:
-        served = serve(m, bands, product, geom.binning, sky, gain, rng)
+        if product is None:
+            served = add_noise(m, sv, bands, geom.binning, rng)
+        else:
+            served = serve(m, bands, product, geom.binning, sky, gain, rng)
         imgs.append(preprocess_cutout(served, geom.pixel_scale_arcsec, r90))
     return image_stats(np.stack(imgs))
 
@@ -126,6 +130,9 @@ def main(argv=None) -> int:
     sim = simulated_stats(models, product)
     result["simulated_sdss"] = sim
     result["distance"] = round(distance(sim, real), 4)
+    linear = simulated_stats(models, None)
+    result["simulated_sdss_linear_fluxes"] = linear
+    result["distance_linear_fluxes"] = round(distance(linear, real), 4)
     result["product"] = {"kind": product.kind, "stretch": product.stretch, "Q": product.Q,
                          "band_scales": list(product.band_scales)}
     print(json.dumps(result, indent=1))

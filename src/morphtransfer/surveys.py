@@ -150,6 +150,12 @@ class Survey:
 #    bands are g, r, z, and a g,r,i model applied to it sees z in the third channel).
 #  Volunteers: GZ2 ~40 classifications per galaxy (Willett et al. 2013); GZ DECaLS 5-40
 #    (Walmsley et al. 2022).
+#  Image products (simulate/product.py): SDSS SkyServer JPEG = Lupton et al. 2004 (PASP 116, 133)
+#    asinh, R = i, G = r, B = g; its scales are not published in nanomaggies, so Q, stretch and
+#    band scales are calibrated on 1,000 real SkyServer JPEGs (benchmarks/
+#    image_product_calibration.py). DES and DECaLS: the Legacy Survey viewer's composite,
+#    legacypipe survey.py sdss_rgb defaults (scales g 6.0, r 3.4, i 3.0, z 2.2; m = 0.03; Q = 20).
+#    JPEG quality 75 for both (Pillow's and IDL's default; the services do not state theirs).
 SURVEYS: dict[str, Survey] = {
     "sdss": Survey(
         name="sdss",
