@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from morphtransfer.data.preprocess import preprocess_cutout
-from morphtransfer.data.readers import read_composite
+from morphtransfer.data.readers import composite_channels, read_composite
 from morphtransfer.simulate.population import draw_galaxy, galaxy_rng
 from morphtransfer.simulate.product import serve
 from morphtransfer.simulate.render import add_noise, observe
@@ -54,7 +54,7 @@ def real_stats(n: int) -> dict | None:
     files = sorted(REAL.glob("*.jpeg"))[:n]
     if not files:
         return None
-    imgs = [preprocess_cutout(read_composite(f, ("i", "r", "g"), ("g", "r", "i")).data)
+    imgs = [preprocess_cutout(read_composite(f, composite_channels("sdss"), ("g", "r", "i")).data)
             for f in files]
     return image_stats(np.stack(imgs))
 

@@ -29,16 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from morphtransfer.errors import InputError
+from morphtransfer.surveys import SURVEYS
 
-# Band in the (R, G, B) channels of each cutout service's colour composites.
+# Band in the (R, G, B) channels of each cutout service's colour composites: the Survey table's
+# image products (SkyServer ImgCutout, Lupton et al. 2004: R=i, G=r, B=g, also the GZ1, GZ2 and
+# Kaggle challenge images; Legacy Survey viewer / GZ DECaLS, Dey et al. 2019: R=z, G=r, B=g, and
+# i in red for the des-dr1 layer).
 COMPOSITE_CHANNELS: dict[str, tuple[str, str, str]] = {
-    # SkyServer ImgCutout (Lupton et al. 2004): R=i, G=r, B=g. GZ1, GZ2 and the Kaggle challenge
-    # images are SkyServer composites.
-    "sdss": ("i", "r", "g"),
-    # Legacy Survey viewer / GZ DECaLS PNGs (Dey et al. 2019): R=z, G=r, B=g.
-    "decals": ("z", "r", "g"),
-    # DES via the Legacy Survey viewer (layer des-dr1) uses the same scheme with i in red.
-    "des": ("i", "r", "g"),
+    name: sv.image_product.channels for name, sv in SURVEYS.items() if sv.image_product is not None
 }
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}

@@ -25,18 +25,18 @@ m = 0.03, Q = 20). SDSS: the SkyServer recipe's band scales and softening are no
 nanomaggies; they are calibrated so that simulated SDSS cutouts, after the study's preprocessing,
 match the real SkyServer JPEGs in ``../shared/data/sdss_gz1`` in background level and noise,
 saturated-core size and the area above 10% and 50% of the peak (benchmarks/image_product_calibration.py;
-the measured figures are in configs/README.md).
+the measured figures are in the README, "The built-in survey pair").
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 
 from morphtransfer.errors import InputError
 from morphtransfer.surveys import ImageProduct
+
 
 def stretch_channels(fluxes: np.ndarray, bands, product: ImageProduct) -> np.ndarray:
     """(bands, ..., H, W) nanomaggies per native pixel -> (3, ..., H, W) R, G, B in [0, 1]."""
@@ -44,9 +44,9 @@ def stretch_channels(fluxes: np.ndarray, bands, product: ImageProduct) -> np.nda
     if len(product.band_scales) != len(bands):
         raise InputError(f"image product has {len(product.band_scales)} band scales for bands "
                          f"{bands}")
-    missing = [b for b in product.channels if b not in bands]
-    if missing:
-        raise InputError(f"image product shows bands {product.channels}; {missing} not in {bands}")
+    if sorted(bands) != sorted(product.channels):
+        raise InputError(f"image product shows bands {product.channels}, not in the images' bands "
+                         f"{bands} one for one")
     idx = [bands.index(c) for c in product.channels]
     scales = np.asarray([product.band_scales[j] for j in idx], dtype=np.float32)
     rgb = np.asarray(fluxes, dtype=np.float32)[idx] * scales.reshape((3,) + (1,) * (fluxes.ndim - 1))
@@ -74,8 +74,13 @@ def stretch_channels(fluxes: np.ndarray, bands, product: ImageProduct) -> np.nda
 
 def to_rgb(fluxes: np.ndarray, bands, product: ImageProduct) -> np.ndarray:
     """(bands, ..., H, W) nanomaggies per native pixel -> (..., H, W, 3) uint8 RGB, as served
-    (astropy's Lupton truncates to 8 bits, legacypipe's viewer rounds)."""
-    rgb = np.moveaxis(stretch_channels(fluxes, bands, product), 0, -1) * np.float32(255.0)
+    (see _to_8bit)."""
+    return np.moveaxis(_to_8bit(stretch_channels(fluxes, bands, product), product), 0, -1)
+
+
+def _to_8bit(rgb: np.ndarray, product: ImageProduct) -> np.ndarray:
+    """[0, 1] -> uint8 as the service does it: astropy's Lupton truncates, legacypipe rounds."""
+    rgb = rgb * np.float32(255.0)
     return (np.floor(rgb) if product.kind == "lupton" else np.round(rgb)).astype(np.uint8)
 
 
@@ -109,8 +114,6 @@ def serve(
     per native pixel (binning^2 of them per render pixel), stretched, quantised and averaged back.
     """
     bands = tuple(bands)
-    if sorted(bands) != sorted(product.channels):
-        raise InputError(f"image product shows bands {product.channels}, the stamps have {bands}")
     nb = len(bands)
     b2 = int(binning) ** 2
     models = np.asarray(models, dtype=np.float32)
@@ -123,10 +126,8 @@ def serve(
     pixels = rng.standard_normal((nb, b2) + models.shape[1:], dtype=np.float32)
     pixels *= sigma[:, None]
     pixels += mean[:, None]
-    rgb = stretch_channels(pixels, bands, product)  # (3, b2, H, W) in [0, 1]
-    rgb = rgb.mean(axis=1) * np.float32(255.0)
-    rgb = np.moveaxis(np.floor(rgb) if product.kind == "lupton" else np.round(rgb), 0, -1)
-    rgb = np.ascontiguousarray(rgb.astype(np.uint8))
+    rgb = stretch_channels(pixels, bands, product).mean(axis=1)  # (3, H, W) in [0, 1]
+    rgb = np.ascontiguousarray(np.moveaxis(_to_8bit(rgb, product), 0, -1))
     rgb = jpeg_roundtrip(rgb, product.jpeg_quality)
     out = np.empty((nb,) + models.shape[1:], dtype=np.float32)
     for j, band in enumerate(bands):
