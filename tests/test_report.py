@@ -83,6 +83,34 @@ def test_findings_measure_the_study_claims_from_table2():
     assert f["n_train_main"] == 100
 
 
+def test_flat_models_are_counted_and_named_in_table2(tmp_path):
+    """A model whose P barely varies (stuck on the ln 2 plateau) is flagged, not taken at face value."""
+    preds = _synthetic_predictions()
+    sel = (preds["experiment"] == "d") & (preds["n_train_target"] == 100)
+    # seed 0: P 0.4990..0.5004 ranks perfectly (AUC 1) but spreads by 5e-4; seed 1 stays as it was
+    seed0 = sel & (preds["seed"] == 0)
+    preds.loc[seed0, "p"] = 0.4995 + (preds.loc[seed0, "p"] - 0.5) * 0.002
+    per_seed = compute_metrics(preds, p_threshold=0.5, n_boot=20)
+    d0 = next(r for r in per_seed if r["experiment"] == "d" and r["n_train_target"] == 100 and r["seed"] == 0)
+    assert d0["flat"] is True and d0["p_std"] == pytest.approx(0.002 * np.std([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1]), rel=1e-6)
+    assert d0["auc"] == 1.0  # the ranking survives; that is why the flag is needed
+    b0 = next(r for r in per_seed if r["experiment"] == "b" and r["n_train_target"] == 100 and r["seed"] == 0)
+    assert b0["flat"] is False and b0["p_std"] > 0.2
+    agg = aggregate(per_seed)
+    t2 = table2(agg, {"Q1": 100})
+    assert t2.set_index("experiment")["n_flat"].to_dict() == {"0": 0, "a": 0, "b": 0, "c": 0, "d": 1}
+    f = findings(t2, label_budget(agg)).iloc[0]
+    assert (f["d_flat_seeds"], f["d_seeds"]) == (1, 2)
+    preds.to_parquet(tmp_path / "predictions.parquet", index=False)
+    cfg = tiny_config()
+    cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
+    write_report(tmp_path, cfg=cfg)
+    md = (tmp_path / "table2.md").read_text()
+    assert "Flat models (did not learn): Q1 (d) 1 of 2 seeds." in md
+    lines = study._findings_lines(tmp_path / "metrics.json")
+    assert lines[1].endswith("(1 of 2 (d) seeds flat: did not learn)")
+
+
 def test_report_files_from_synthetic_predictions(tmp_path):
     preds = _synthetic_predictions()
     preds.to_parquet(tmp_path / "predictions.parquet", index=False)

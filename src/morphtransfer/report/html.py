@@ -134,7 +134,7 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
         if path is not None:
             parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>")
     if len(budget):
-        cols = ["task", "experiment", "n_train_target", "n_seeds", "auc", "auc_std", "accuracy",
+        cols = ["task", "experiment", "n_train_target", "n_seeds", "n_flat", "auc", "auc_std", "accuracy",
                 "accuracy_std", "tpr", "precision", "auc_level_0", "auc_level_a"]
         parts += ["<h2>Label-budget table</h2>", _table(budget[[c for c in cols if c in budget]])]
     models = _models(run_dir)

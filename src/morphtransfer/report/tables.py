@@ -18,6 +18,12 @@ METRICS = ("tpr", "precision", "accuracy", "auc")
 # A row of Table 2 "reaches the (0) level" when its mean AUC is within this of the (0) AUC:
 # about the bootstrap half-width of an AUC on a few hundred test galaxies.
 REACH_TOLERANCE = 0.02
+# A model is "flat" when its P varies by less than this (standard deviation over the test
+# galaxies): its training stayed on the loss plateau at ln 2 (P ~ one value for every galaxy) and
+# did not learn to separate the classes. From-scratch training (d) of DS18 on a few hundred
+# galaxies often ends there within the epochs it gets; its TPR and precision at P_th then only
+# say on which side of P_th it stopped, and its AUC ranks by differences of 1e-4 in P.
+FLAT_P_STD = 0.005
 
 
 def _metrics_module():
@@ -51,6 +57,8 @@ def compute_metrics(
         r["n_train"] = int(g["n_train"].iloc[0])
         r["n_test"] = int(len(g))
         r["n_pos"] = int(y.sum())
+        r["p_std"] = float(np.std(p))
+        r["flat"] = bool(r["p_std"] < FLAT_P_STD)
         ev = m.evaluate_predictions(y, p, p_threshold=p_threshold, n_boot=n_boot, seed=seed)
         r.update({k: _plain(v) for k, v in ev.items() if k not in ("n", "n_pos")})
         thr = g["p_threshold_val"].iloc[0] if "p_threshold_val" in g.columns else math.nan
@@ -97,6 +105,7 @@ def aggregate(per_seed: list[dict]) -> pd.DataFrame:
         r["n_test"] = int(g["n_test"].iloc[0])
         r["n_pos"] = int(g["n_pos"].iloc[0])
         r["n_seeds"] = int(len(g))
+        r["n_flat"] = int(g["flat"].astype(bool).sum()) if "flat" in g else 0
         for mname in METRICS:
             vals = g[mname].to_numpy(dtype="float64")
             r[mname] = float(np.mean(vals))
@@ -186,6 +195,9 @@ def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFra
             float(math.hypot(by["b"]["auc_std"], by["d"]["auc_std"])) if "b" in by and "d" in by else math.nan
         )
         r["n_train_main"] = int(by["b"]["n_train"]) if "b" in by else 0
+        # seeds of (d) at the main N_train whose model stayed flat (did not learn): FLAT_P_STD
+        r["d_flat_seeds"] = int(by["d"].get("n_flat", 0)) if "d" in by else 0
+        r["d_seeds"] = int(by["d"].get("n_seeds", 0)) if "d" in by else 0
         r["d_skill_fraction"] = (
             float((by["d"]["auc"] - 0.5) / (by["b"]["auc"] - 0.5))
             if "b" in by and "d" in by and by["b"]["auc"] > 0.5 else math.nan
@@ -216,6 +228,16 @@ def _cell(r: pd.Series, m: str, with_ci: bool = True) -> str:
     if with_ci and np.isfinite(r.get(f"{m}_lo", math.nan)):
         s += f" [{r[f'{m}_lo']:.2f}, {r[f'{m}_hi']:.2f}]"
     return s
+
+
+def _flat_phrase(t2: pd.DataFrame) -> str:
+    """"Q3 (d) 2 of 2 seeds, ..." for the Table 2 rows with flat models; "" when none."""
+    if "n_flat" not in t2.columns:
+        return ""
+    parts = [f"{r['question']} ({r['experiment']}) {int(r['n_flat'])} of {int(r['n_seeds'])} "
+             f"seed{'s' if int(r['n_seeds']) > 1 else ''}"
+             for _, r in t2.iterrows() if r["n_flat"] > 0]
+    return ", ".join(parts)
 
 
 def _vcell(r: pd.Series, m: str) -> str:
@@ -252,6 +274,16 @@ def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS
         "[bootstrap 95% interval over test galaxies]. N_train: SDSS galaxies for (0) and (a), "
         "DES galaxies for (b), (c), (d)."
     )
+    flat = _flat_phrase(t2)
+    if flat:
+        lines.append("")
+        lines.append(
+            f"Flat models (did not learn): {flat}. Their P varies by less than {FLAT_P_STD} over "
+            "the test galaxies (standard deviation): the training stayed on the loss plateau at "
+            "ln 2, so their TPR and precision at P_th only say on which side of P_th they stopped "
+            "and their AUC ranks by differences of 1e-4 in P. Longer training (min_steps) lets "
+            "some from-scratch trainings leave the plateau; a fine-tuned one starts off it."
+        )
     if "val_threshold_tpr" in t2.columns and np.isfinite(t2["val_threshold_p_threshold"]).any():
         lines += [
             "",
