@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 import zlib
 from pathlib import Path
 
@@ -163,6 +164,11 @@ def test_run_resumes_without_redoing_finished_experiments(pair, tmp_path, monkey
     cfg2 = tiny_config(sweep={"n_train": [10], "seeds": [0]})
     with pytest.raises(InputError, match="different configuration"):
         study.run_study(out=out, source=pair[0], target=pair[1], config=cfg2, progress=False, report=False)
+    # so is a folder made by another study engine (its finished steps would be reused as they are)
+    assert tomllib.loads((out / "config.toml").read_text())["inputs"]["engine_version"] == study.STUDY_ENGINE_VERSION
+    monkeypatch.setattr(study, "STUDY_ENGINE_VERSION", study.STUDY_ENGINE_VERSION + 1)
+    with pytest.raises(InputError, match=r"study engine version 1, this morphtransfer runs version 2.*Delete the run folder"):
+        study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
 
 
 def test_source_only_runs_only_the_zero_rows(pair, tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ figures only.
 
 A run folder (``runs/<name>``) holds everything::
 
-    config.toml                 the exact configuration of this run (resume refuses a different one)
+    config.toml                 the exact configuration of this run and the study engine version
+                                (resume refuses a different one of either)
     splits.parquet              every galaxy's role per task: source_train/source_test/target_pool/target_test
     models/<task>/source/       the source model of each task (weights + card); source_s<k>/ for
                                 more source seeds ([study] source_seeds)
@@ -47,6 +48,11 @@ from morphtransfer.errors import InputError
 from morphtransfer.tasks import TASKS, add_fractions, get_task, robust_labels
 
 PRESETS = ("quick", "paper")
+# What a finished model or experiment of a run folder means: bump it when training, selection or
+# prediction change what a model or prediction of the same configuration would be (a change to the
+# report alone does not count: the report is recomputed from predictions.parquet every run). A
+# run folder of another version is refused on resume, since finished steps are reused, not redone.
+STUDY_ENGINE_VERSION = 1
 
 # What each experiment is, in the study's words (Table 2 of Dominguez Sanchez et al. 2019).
 EXPERIMENT_TITLES = {
@@ -607,6 +613,15 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
     if paths.config.exists():
         old = tomllib.loads(paths.config.read_text())
         new = tomllib.loads(text)
+        made_by = old.get("inputs", {}).get("engine_version", 1)  # folders from before the key: 1
+        if made_by != STUDY_ENGINE_VERSION:
+            raise InputError(
+                f"{paths.root} holds models and experiments of study engine version {made_by}, "
+                f"this morphtransfer runs version {STUDY_ENGINE_VERSION}: a resume would mix the "
+                f"two. Delete the run folder {paths.root} (or give another --out) to start afresh"
+            )
+        old.get("inputs", {}).pop("engine_version", None)
+        new.get("inputs", {}).pop("engine_version", None)
         # the time estimate and description do not change results
         for d in (old, new):
             d.pop("estimate", None)
@@ -756,6 +771,7 @@ def run_study(
         )
         inputs = {"simulated": False, "source": str(Path(source).resolve()),
                   "target": str(Path(target).resolve()) if target else ""}
+    inputs["engine_version"] = STUDY_ENGINE_VERSION
     _check_or_write_config(paths, cfg, inputs)
 
     if simulated:
