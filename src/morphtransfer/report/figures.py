@@ -116,6 +116,11 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
                     continue
                 ax.errorbar(g["n_train_target"], g[mname], yerr=g[f"{mname}_std"], marker="o", ms=4,
                             capsize=3, ls=STYLES[exp], color=COLORS[exp], label=f"({exp}) {EXPERIMENT_TITLES[exp]}")
+                # points with flat models (did not learn, tables.FLAT_P_STD): a ring around them
+                flat = g[g["n_flat"] > 0] if "n_flat" in g else g.iloc[:0]
+                if len(flat):
+                    ax.scatter(flat["n_train_target"], flat[mname], s=110, facecolors="none",
+                               edgecolors=COLORS[exp], linewidths=1.2)
             for lvl in ("0", "a"):
                 v = bt[f"{mname}_level_{lvl}"].iloc[0]
                 if np.isfinite(v):
@@ -129,7 +134,13 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
             ax.set(xlabel="DES galaxies with labels (N_train)", ylabel=mname.upper() if mname == "auc" else mname,
                    title=f"{task}: {mname}")
             if i == 0 and j == 0:
-                ax.legend(fontsize=7, loc="lower right")
+                handles, labels = ax.get_legend_handles_labels()
+                if "n_flat" in budget and (budget["n_flat"] > 0).any():
+                    from matplotlib.lines import Line2D
+
+                    handles.append(Line2D([], [], ls="none", marker="o", ms=10, mfc="none", mec="0.3"))
+                    labels.append("ringed: some seeds flat (did not learn)")
+                ax.legend(handles, labels, fontsize=7, loc="lower right")
     fig.suptitle("How many DES labels does each approach need to reach the SDSS level (0)?", fontsize=10)
     return _save(fig, out_dir / "label_budget.png")
 
