@@ -106,11 +106,11 @@ def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
     write_report(tmp_path, cfg=cfg)
     md = (tmp_path / "table2.md").read_text()
-    assert "Flat models (did not learn): Q1 (d) 1 of 2 seeds." in md
+    assert "Flat models (P barely varies): Q1 (d) 1 of 2 seeds." in md
     lb = pd.read_csv(tmp_path / "figures" / "label_budget.csv").set_index(["experiment", "n_train_target"])
     assert lb.loc[("d", 100), "n_flat"] == 1 and lb["n_flat"].sum() == 1
     lines = study._findings_lines(tmp_path / "metrics.json")
-    assert lines[1].endswith("(1 of 2 (d) seeds flat: did not learn)")
+    assert lines[1].endswith("(1 of 2 (d) seeds flat: P barely varies)")
 
 
 def test_report_files_from_synthetic_predictions(tmp_path):

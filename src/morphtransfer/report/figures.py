@@ -116,7 +116,7 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
                     continue
                 ax.errorbar(g["n_train_target"], g[mname], yerr=g[f"{mname}_std"], marker="o", ms=4,
                             capsize=3, ls=STYLES[exp], color=COLORS[exp], label=f"({exp}) {EXPERIMENT_TITLES[exp]}")
-                # points with flat models (did not learn, tables.FLAT_P_STD): a ring around them
+                # points with flat models (P barely varies, tables.FLAT_P_STD): a ring around them
                 flat = g[g["n_flat"] > 0] if "n_flat" in g else g.iloc[:0]
                 if len(flat):
                     ax.scatter(flat["n_train_target"], flat[mname], s=110, facecolors="none",
@@ -139,7 +139,7 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
                     from matplotlib.lines import Line2D
 
                     handles.append(Line2D([], [], ls="none", marker="o", ms=10, mfc="none", mec="0.3"))
-                    labels.append("ringed: some seeds flat (did not learn)")
+                    labels.append("ringed: some seeds flat (P barely varies)")
                 ax.legend(handles, labels, fontsize=7, loc="lower right")
     fig.suptitle("How many DES labels does each approach need to reach the SDSS level (0)?", fontsize=10)
     return _save(fig, out_dir / "label_budget.png")

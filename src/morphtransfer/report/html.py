@@ -18,7 +18,7 @@ CAPTIONS = {
     "the same DES galaxies (d). Data: figures/roc.csv.",
     "label_budget": "Label budget: AUC and accuracy of b, c, d against the number of labelled DES "
     "galaxies (mean ± spread over seeds), with the SDSS level (0) and the direct transfer (a) as "
-    "lines; a ring marks a point where some seeds' models stayed flat (did not learn; n_flat). "
+    "lines; a ring marks a point where some seeds' models stayed flat (P barely varies: classifications at P_th all one side; n_flat). "
     "Data: figures/label_budget.csv.",
     "examples": "Figure 1. The same galaxies seen by SDSS (top) and DES (bottom): smooth, disk, "
     "edge-on and barred, as robust volunteer labels call them. Data: figures/examples.csv.",
