@@ -25,8 +25,7 @@ import numpy as np
 from morphtransfer.data.preprocess import preprocess_cutout
 from morphtransfer.data.readers import composite_channels, read_composite
 from morphtransfer.simulate.population import draw_galaxy, galaxy_rng
-from morphtransfer.simulate.product import serve
-from morphtransfer.simulate.render import add_noise, observe
+from morphtransfer.simulate.render import add_noise, observe, serve_survey
 from morphtransfer.surveys import get_survey
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sdss_gz1" / "images"
@@ -74,15 +73,13 @@ def simulated_stats(models, product, seed: int = 11) -> dict:
     """Statistics of the simulated SDSS galaxies served as ``product`` (None: linear fluxes)."""
     sv = get_survey("sdss")
     bands = sv.band_names
-    sky = np.array([sv.sky_noise_per_pixel(b) for b in bands])
-    gain = np.array([sv.electrons_per_nanomaggy(b) for b in bands])
     rng = np.random.default_rng(seed)
     imgs = []
     for m, geom, r90 in models:
         if product is None:
             served = add_noise(m, sv, bands, geom.binning, rng)
         else:
-            served = serve(m, bands, product, geom.binning, sky, gain, rng)
+            served = serve_survey(m, sv, bands, geom.binning, rng, product)
         imgs.append(preprocess_cutout(served, geom.pixel_scale_arcsec, r90))
     return image_stats(np.stack(imgs))
 

@@ -117,7 +117,7 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
                 ax.errorbar(g["n_train_target"], g[mname], yerr=g[f"{mname}_std"], marker="o", ms=4,
                             capsize=3, ls=STYLES[exp], color=COLORS[exp], label=f"({exp}) {EXPERIMENT_TITLES[exp]}")
                 # points with flat models (P barely varies, tables.FLAT_P_STD): a ring around them
-                flat = g[g["n_flat"] > 0] if "n_flat" in g else g.iloc[:0]
+                flat = g[g["n_flat"] > 0]
                 if len(flat):
                     ax.scatter(flat["n_train_target"], flat[mname], s=110, facecolors="none",
                                edgecolors=COLORS[exp], linewidths=1.2)
@@ -135,7 +135,7 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
                    title=f"{task}: {mname}")
             if i == 0 and j == 0:
                 handles, labels = ax.get_legend_handles_labels()
-                if "n_flat" in budget and (budget["n_flat"] > 0).any():
+                if (budget["n_flat"] > 0).any():
                     from matplotlib.lines import Line2D
 
                     handles.append(Line2D([], [], ls="none", marker="o", ms=10, mfc="none", mec="0.3"))

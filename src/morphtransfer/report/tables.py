@@ -106,7 +106,7 @@ def aggregate(per_seed: list[dict]) -> pd.DataFrame:
         r["n_test"] = int(g["n_test"].iloc[0])
         r["n_pos"] = int(g["n_pos"].iloc[0])
         r["n_seeds"] = int(len(g))
-        r["n_flat"] = int(g["flat"].astype(bool).sum()) if "flat" in g else 0
+        r["n_flat"] = int(g["flat"].astype(bool).sum())
         for mname in METRICS:
             vals = g[mname].to_numpy(dtype="float64")
             r[mname] = float(np.mean(vals))
@@ -197,8 +197,8 @@ def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFra
         )
         r["n_train_main"] = int(by["b"]["n_train"]) if "b" in by else 0
         # seeds of (d) at the main N_train whose model stayed flat (P barely varies): FLAT_P_STD
-        r["d_flat_seeds"] = int(by["d"].get("n_flat", 0)) if "d" in by else 0
-        r["d_seeds"] = int(by["d"].get("n_seeds", 0)) if "d" in by else 0
+        r["d_flat_seeds"] = int(by["d"]["n_flat"]) if "d" in by else 0
+        r["d_seeds"] = int(by["d"]["n_seeds"]) if "d" in by else 0
         r["d_skill_fraction"] = (
             float((by["d"]["auc"] - 0.5) / (by["b"]["auc"] - 0.5))
             if "b" in by and "d" in by and by["b"]["auc"] > 0.5 else math.nan
@@ -233,8 +233,6 @@ def _cell(r: pd.Series, m: str, with_ci: bool = True) -> str:
 
 def _flat_phrase(t2: pd.DataFrame) -> str:
     """"Q3 (d) 2 of 2 seeds, ..." for the Table 2 rows with flat models; "" when none."""
-    if "n_flat" not in t2.columns:
-        return ""
     parts = [f"{r['question']} ({r['experiment']}) {int(r['n_flat'])} of {int(r['n_seeds'])} "
              f"seed{'s' if int(r['n_seeds']) > 1 else ''}"
              for _, r in t2.iterrows() if r["n_flat"] > 0]

@@ -317,6 +317,19 @@ def add_noise(
     return noisy
 
 
+def serve_survey(
+    models: np.ndarray, survey: Survey, bands, binning: int, rng: np.random.Generator,
+    product=None,
+) -> np.ndarray:
+    """What the survey's cutout service serves for noise-free stamps (product.serve with the
+    survey's per-native-pixel sky noise and gain); ``product`` overrides ``survey.image_product``."""
+    return serve(
+        models, bands, product or survey.image_product, binning,
+        np.array([survey.sky_noise_per_pixel(b) for b in bands]),
+        np.array([survey.electrons_per_nanomaggy(b) for b in bands]), rng,
+    )
+
+
 def _axis_ratio_and_angle(img: np.ndarray, threshold: float) -> tuple[float, float]:
     """Axis ratio and major-axis angle (deg, from +x, counter-clockwise) from the second moments
     of the pixels above ``threshold``."""
@@ -370,11 +383,7 @@ def observe(
     if survey.image_product is not None:
         # what the survey's cutout service serves: noise per native pixel, its colour stretch,
         # 8 bits, JPEG (product.py)
-        served = serve(
-            models, bands, survey.image_product, geom.binning,
-            np.array([survey.sky_noise_per_pixel(b) for b in bands]),
-            np.array([survey.electrons_per_nanomaggy(b) for b in bands]), rng,
-        )
+        served = serve_survey(models, survey, bands, geom.binning, rng)
         source = served
     else:
         noisy = add_noise(models, survey, bands, geom.binning, rng)
