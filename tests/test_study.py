@@ -216,7 +216,7 @@ def test_config_round_trips_through_toml():
     assert tomllib.loads(study._to_toml(cfg)) == cfg
 
 
-def test_run_command_reports_bad_input_without_traceback(tmp_path, monkeypatch):
+def test_run_command_reports_bad_input_without_traceback(tmp_path, monkeypatch, capsys):
     import sys
 
     from morphtransfer import cli
@@ -229,6 +229,13 @@ def test_run_command_reports_bad_input_without_traceback(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 2
+    monkeypatch.setattr(sys, "argv", ["morphtransfer", "run", "--target-votes", "sdss", "--out", str(tmp_path / "r2")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    # the message names the config section; it is not swallowed as console markup
+    assert "[labels] target_votes = 'sdss' unknown" in capsys.readouterr().out.replace("\n", "")
+    assert not (tmp_path / "r2").exists()  # refused before anything is written
 
 
 def test_same_galaxy_under_another_id_is_kept_out_of_source_training(pair):
@@ -360,3 +367,55 @@ def test_several_source_seeds_give_the_zero_and_a_rows_a_spread(pair, tmp_path, 
     assert two["source_models_s"] == pytest.approx(2 * one["source_models_s"])
     with pytest.raises(InputError, match="source_seeds"):
         study.source_seeds({"study": {"source_seeds": [1, 1]}})
+
+
+def test_target_votes_default_follows_the_data_and_a_run_folder_keeps_its_labelling(pair, tmp_path, monkeypatch):
+    """Unset: 'source' on the built-in simulated pair (the study's design), 'target' on users'
+    Stores; the resolved value is in config.toml and a resume asking for the other is refused."""
+    assert study.resolve_target_votes(tiny_config(), simulated=True)["labels"]["target_votes"] == "source"
+    assert study.resolve_target_votes(tiny_config(), simulated=False)["labels"]["target_votes"] == "target"
+    explicit = tiny_config()
+    explicit["labels"]["target_votes"] = "target"
+    assert study.resolve_target_votes(explicit, simulated=True)["labels"]["target_votes"] == "target"
+    explicit["labels"]["target_votes"] = "sdss"
+    with pytest.raises(InputError, match="target_votes = 'sdss' unknown"):
+        study.resolve_target_votes(explicit, simulated=True)
+
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    # the simulated path, with the tiny pair standing in for the simulator's output
+    import shutil
+
+    def fake_simulated(data, cfg, console, n):
+        for s in ("sdss", "des"):
+            shutil.copytree(pair[0 if s == "sdss" else 1], data / s)
+
+    monkeypatch.setattr(study, "_ensure_simulated", fake_simulated)
+    cfg = tiny_config(simulate={"n_galaxies": 400})
+    assert "target_votes" not in cfg["labels"]
+    sim_out = tmp_path / "sim"
+    study.run_study(out=sim_out, config=cfg, progress=False, report=False)
+    assert tomllib.loads((sim_out / "config.toml").read_text())["labels"]["target_votes"] == "source"
+    s_cat = study.prepare_catalog(Store(pair[0]).catalog)
+    s_lab = study.task_labels(s_cat, "Q3", cfg["labels"]).set_axis(s_cat["id"].astype(str))
+    preds = pd.read_parquet(sim_out / "predictions.parquet")
+    a = preds[(preds["task"] == "Q3") & (preds["experiment"] == "a")]
+    assert len(a) and (a["label"].to_numpy() == s_lab[a["id"].astype(str)].to_numpy()).all()
+    assert "target_votes" not in cfg["labels"]  # the caller's dict is left as it was
+
+    # users' Stores: the target survey's own votes
+    own = tmp_path / "own"
+    study.run_study(out=own, source=pair[0], target=pair[1], config=tiny_config(), progress=False, report=False)
+    assert tomllib.loads((own / "config.toml").read_text())["labels"]["target_votes"] == "target"
+    # resuming with the other labelling is refused, naming both
+    other = tiny_config()
+    other["labels"]["target_votes"] = "source"
+    with pytest.raises(InputError, match=r"labelled by the target survey's volunteers.*asks for 'source'.*--target-votes target"):
+        study.run_study(out=own, source=pair[0], target=pair[1], config=other, progress=False, report=False)
+    # a folder written before the key existed was labelled 'target': it resumes as before
+    text = (own / "config.toml").read_text().replace('target_votes = "target"\n', "")
+    (own / "config.toml").write_text(text)
+    assert "target_votes" not in tomllib.loads(text)["labels"]
+    n_before = len(eng.trained)
+    study.run_study(out=own, source=pair[0], target=pair[1], config=tiny_config(), progress=False, report=False)
+    assert len(eng.trained) == n_before  # everything was finished: nothing retrained

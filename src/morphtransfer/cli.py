@@ -293,12 +293,25 @@ def run_cmd(
     target: Optional[Path] = typer.Option(
         None, "--target", help="target-survey Store (without it: only the (0) rows)"
     ),
+    target_votes: Optional[str] = typer.Option(
+        None, "--target-votes",
+        help="whose volunteers label the target galaxies: source (the same galaxy's source-survey "
+        "label, as the study; default for the simulated pair) | target (the target survey's own "
+        "votes; default for --source/--target Stores)",
+    ),
 ) -> None:
     """The transfer study end to end: Table 2, Figure 2, the label-budget curves, report.html."""
     from morphtransfer.study import run_study
 
     try:
-        run_study(preset=preset, out=out, source=source, target=target, console=console)
+        config = None
+        if target_votes is not None:
+            from morphtransfer.study import load_config
+
+            config = load_config(preset)
+            config["labels"] = {**config.get("labels", {}), "target_votes": target_votes}
+        run_study(preset=preset, out=out, source=source, target=target, config=config,
+                  console=console)
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/]: finished experiments are kept in {out}; run the same "
@@ -376,7 +389,10 @@ def main() -> None:
     try:
         app()
     except InputError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        from rich.markup import escape
+
+        # messages name config sections like [labels]: print them, not read them as markup
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
 
 

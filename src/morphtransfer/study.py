@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from morphtransfer.errors import InputError
 from morphtransfer.tasks import TASKS, add_fractions, get_task, robust_labels
@@ -375,12 +376,31 @@ def target_votes(cfg: dict) -> str:
     "target": the target survey's own votes (a team labelling its new survey). "source": the
     source survey's votes for the same galaxy, as in Dominguez Sanchez et al. 2019, whose DES
     galaxies carry Galaxy Zoo 2 labels made from SDSS images; a target galaxy without a source
-    counterpart (same id, or within 1 arcsec) then has no label.
+    counterpart (same id, or within 1 arcsec) then has no label. Unset, it means "target" here;
+    ``run_study`` fills it in first (``resolve_target_votes``).
     """
     v = str(cfg.get("labels", {}).get("target_votes", "target"))
     if v not in TARGET_VOTES:
         raise InputError(f"[labels] target_votes = {v!r} unknown; use one of {TARGET_VOTES}")
     return v
+
+
+def resolve_target_votes(cfg: dict, simulated: bool) -> dict:
+    """``cfg`` with ``[labels] target_votes`` filled in when the preset leaves it unset.
+
+    The built-in simulated pair follows the study: DES galaxies take the SDSS volunteers'
+    label of the same galaxy ("source"; every simulated galaxy is in both surveys). Users'
+    own ``--source/--target`` Stores default to the target survey's own votes ("target"):
+    their galaxies need not overlap, and a survey team usually labels its new survey itself.
+    An explicit setting (preset or ``--target-votes``) always wins. The resolved value is
+    written into the run's config.toml and named in the report.
+    """
+    labels = dict(cfg.get("labels", {}))
+    if "target_votes" in labels:
+        target_votes({"labels": labels})  # validate early
+        return cfg
+    labels["target_votes"] = "source" if simulated else "target"
+    return {**cfg, "labels": labels}
 
 
 def target_labels(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: pd.Series, task: str, cfg: dict) -> np.ndarray:
@@ -622,6 +642,16 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
             )
         old.get("inputs", {}).pop("engine_version", None)
         new.get("inputs", {}).pop("engine_version", None)
+        # folders from before target_votes was filled in at start were labelled "target"
+        old.setdefault("labels", {}).setdefault("target_votes", "target")
+        was, now = old["labels"]["target_votes"], new.get("labels", {}).get("target_votes", "target")
+        if was != now:
+            raise InputError(
+                f"{paths.root} was run with target galaxies labelled by the {was} survey's "
+                f"volunteers (target_votes = {was!r}); this run asks for {now!r}. Resume with "
+                f"--target-votes {was}, or pass a new --out folder (unset, the built-in simulated "
+                "pair now takes 'source', the study's labelling)"
+            )
         # the time estimate and description do not change results
         for d in (old, new):
             d.pop("estimate", None)
@@ -745,6 +775,7 @@ def run_study(
     if target is not None and source is None:
         raise InputError("--target needs --source: the study transfers a source model to a target survey")
     simulated = source is None
+    cfg = resolve_target_votes(cfg, simulated)
     if simulated:
         sim = cfg.get("simulate", {})
         sim_n = int(sim.get("n_galaxies", 6000))
@@ -822,7 +853,7 @@ def run_study(
         )
 
     for n in notes:
-        console.print(f"  note: {n}", highlight=False)
+        console.print(f"  note: {escape(n)}", highlight=False)
     split_seed = int(cfg["study"].get("split_seed", 0))
     splits = pd.concat(
         [make_splits(src_cat, tgt_cat, t, cfg) for t in tasks], ignore_index=True
@@ -918,7 +949,7 @@ def run_study(
         for line in _findings_lines(paths.root / "metrics.json"):
             console.print(line, highlight=False, markup=False)
     for n in notes:
-        console.print(f"  note: {n}", highlight=False)
+        console.print(f"  note: {escape(n)}", highlight=False)
     return result
 
 
