@@ -377,6 +377,9 @@ def test_target_votes_default_follows_the_data_and_a_run_folder_keeps_its_labell
     explicit = tiny_config()
     explicit["labels"]["target_votes"] = "target"
     assert study.resolve_target_votes(explicit, simulated=True)["labels"]["target_votes"] == "target"
+    # --target-votes (run_study's target_votes) beats the preset
+    assert study.resolve_target_votes(explicit, simulated=True, override="source")["labels"]["target_votes"] == "source"
+    assert explicit["labels"]["target_votes"] == "target"
     explicit["labels"]["target_votes"] = "sdss"
     with pytest.raises(InputError, match="target_votes = 'sdss' unknown"):
         study.resolve_target_votes(explicit, simulated=True)

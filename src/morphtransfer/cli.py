@@ -304,14 +304,8 @@ def run_cmd(
     from morphtransfer.study import run_study
 
     try:
-        config = None
-        if target_votes is not None:
-            from morphtransfer.study import load_config
-
-            config = load_config(preset)
-            config["labels"] = {**config.get("labels", {}), "target_votes": target_votes}
-        run_study(preset=preset, out=out, source=source, target=target, config=config,
-                  console=console)
+        run_study(preset=preset, out=out, source=source, target=target,
+                  target_votes=target_votes, console=console)
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/]: finished experiments are kept in {out}; run the same "

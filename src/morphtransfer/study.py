@@ -385,22 +385,24 @@ def target_votes(cfg: dict) -> str:
     return v
 
 
-def resolve_target_votes(cfg: dict, simulated: bool) -> dict:
-    """``cfg`` with ``[labels] target_votes`` filled in when the preset leaves it unset.
+def resolve_target_votes(cfg: dict, simulated: bool, override: str | None = None) -> dict:
+    """``cfg`` with ``[labels] target_votes`` set: ``override`` (``--target-votes``), else the
+    preset's value, else the default for the data.
 
     The built-in simulated pair follows the study: DES galaxies take the SDSS volunteers'
     label of the same galaxy ("source"; every simulated galaxy is in both surveys). Users'
     own ``--source/--target`` Stores default to the target survey's own votes ("target"):
     their galaxies need not overlap, and a survey team usually labels its new survey itself.
-    An explicit setting (preset or ``--target-votes``) always wins. The resolved value is
-    written into the run's config.toml and named in the report.
+    The resolved value is written into the run's config.toml and named in the report.
+    ``cfg`` itself is left as it was.
     """
     labels = dict(cfg.get("labels", {}))
-    if "target_votes" in labels:
-        target_votes({"labels": labels})  # validate early
-        return cfg
-    labels["target_votes"] = "source" if simulated else "target"
-    return {**cfg, "labels": labels}
+    if override is not None:
+        labels["target_votes"] = override
+    labels.setdefault("target_votes", "source" if simulated else "target")
+    out = {**cfg, "labels": labels}
+    target_votes(out)  # an unknown value is refused before anything is written
+    return out
 
 
 def target_labels(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: pd.Series, task: str, cfg: dict) -> np.ndarray:
@@ -642,9 +644,9 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
             )
         old.get("inputs", {}).pop("engine_version", None)
         new.get("inputs", {}).pop("engine_version", None)
-        # folders from before target_votes was filled in at start were labelled "target"
-        old.setdefault("labels", {}).setdefault("target_votes", "target")
-        was, now = old["labels"]["target_votes"], new.get("labels", {}).get("target_votes", "target")
+        # folders from before target_votes was filled in at start: unset, i.e. "target"
+        was, now = target_votes(old), target_votes(new)
+        old.setdefault("labels", {})["target_votes"] = was
         if was != now:
             raise InputError(
                 f"{paths.root} was run with target galaxies labelled by the {was} survey's "
@@ -756,6 +758,7 @@ def run_study(
     progress: bool = True,
     console=None,
     report: bool = True,
+    target_votes: str | None = None,
 ) -> StudyResult:
     """Run (or resume) the whole study and write its report into ``out``.
 
@@ -763,6 +766,8 @@ def run_study(
     ``out/data`` first. With only ``source`` (e.g. the real SDSS Galaxy Zoo Store) only the (0)
     rows are run, for the tasks whose votes the source has. ``config`` replaces the preset's
     configuration (a dict shaped like the TOML presets; tests use it for tiny runs).
+    ``target_votes`` ("source" | "target") overrides ``[labels] target_votes``
+    (``resolve_target_votes``).
     """
     from rich.console import Console
 
@@ -775,7 +780,7 @@ def run_study(
     if target is not None and source is None:
         raise InputError("--target needs --source: the study transfers a source model to a target survey")
     simulated = source is None
-    cfg = resolve_target_votes(cfg, simulated)
+    cfg = resolve_target_votes(cfg, simulated, target_votes)
     if simulated:
         sim = cfg.get("simulate", {})
         sim_n = int(sim.get("n_galaxies", 6000))
@@ -824,7 +829,7 @@ def run_study(
     tasks: list[str] = []
     src_cat = prepare_catalog(src_store.catalog)
     tgt_cat = prepare_catalog(tgt_store.catalog) if tgt_store is not None else None
-    votes = target_votes(cfg)
+    votes = cfg["labels"]["target_votes"]  # resolved at start
     for t in cfg["study"]["tasks"]:
         try:
             lab_s = task_labels(src_cat, t, cfg["labels"])
