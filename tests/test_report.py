@@ -83,6 +83,31 @@ def test_findings_measure_the_study_claims_from_table2():
     assert f["n_train_main"] == 100
 
 
+def test_level_0t_the_same_galaxies_through_the_source_survey():
+    """(0t) joins Table 2 between (0) and (a); the label budget is also read against it."""
+    preds = _synthetic_predictions()
+    partial = np.array([0.9, 0.8, 0.35, 0.1, 0.7, 0.6, 0.3, 0.2])  # AUC 10/16 = 0.625
+    t0 = preds[(preds["experiment"] == "0")].copy()
+    t0["experiment"], t0["p"] = "0t", partial
+    # (b) at 50: seed 1 as partial as (0t) instead of reversed -> mean AUC (1 + 0.625) / 2
+    sel = (preds["experiment"] == "b") & (preds["n_train_target"] == 50) & (preds["seed"] == 1)
+    preds.loc[sel, "p"] = partial
+    preds = pd.concat([preds, t0], ignore_index=True)
+    agg = aggregate(compute_metrics(preds, p_threshold=0.5, n_boot=20))
+    t2 = table2(agg, {"Q1": 100})
+    assert list(t2["experiment"]) == ["0", "0t", "a", "b", "c", "d"]
+    budget = label_budget(agg)
+    assert (budget["auc_level_0t"] == 0.625).all() and (budget["auc_level_0"] == 1.0).all()
+    assert n_to_reach_level(budget) == {"Q1": {"b": 100, "c": 100, "d": 100}}
+    assert n_to_reach_level(budget, level="0t") == {"Q1": {"b": 50, "c": 100, "d": 100}}
+    f = findings(t2, budget).iloc[0]
+    assert f["auc_b_minus_0t"] == pytest.approx(1 - 0.625) and f["auc_a_minus_0t"] == pytest.approx(1 - 0.625)
+    # a run without (0t) has no such level and reaches nothing against it
+    agg0 = aggregate(compute_metrics(_synthetic_predictions(), p_threshold=0.5, n_boot=20))
+    assert n_to_reach_level(label_budget(agg0), level="0t") == {}
+    assert math.isnan(findings(table2(agg0, {"Q1": 100})).iloc[0]["auc_b_minus_0t"])
+
+
 def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     """A model whose P barely varies (stuck on the ln 2 plateau) is flagged, not taken at face value."""
     preds = _synthetic_predictions()
@@ -157,8 +182,9 @@ def test_end_to_end_study_with_the_real_engine(tmp_path):
         assert card["survey"] == "des" and card["study"]["trainable"] == "head"
         assert card["n_train"] == n
     t2 = pd.read_csv(out / "table2.csv", dtype={"experiment": str})
-    assert list(t2["question"]) == ["Q1"] * 5 + ["Q2"] * 5 + ["Q3"] * 5
-    assert list(t2["experiment"]) == ["0", "a", "b", "c", "d"] * 3
+    # the pair shares ids, so (0t) runs: the SDSS model on the SDSS images of the DES test galaxies
+    assert list(t2["question"]) == ["Q1"] * 6 + ["Q2"] * 6 + ["Q3"] * 6
+    assert list(t2["experiment"]) == ["0", "0t", "a", "b", "c", "d"] * 3
     assert list(t2[t2["experiment"] == "b"]["n_train"]) == [40, 30, 20]
     # every number of metrics.json is recomputed exactly from predictions.parquet
     preds = pd.read_parquet(out / "predictions.parquet")
@@ -182,6 +208,19 @@ def test_end_to_end_study_with_the_real_engine(tmp_path):
     # (0) and (a) share the source model's threshold
     q1 = preds[preds["task"] == "Q1"]
     assert q1[q1["experiment"] == "0"]["p_threshold_val"].iloc[0] == q1[q1["experiment"] == "a"]["p_threshold_val"].iloc[0]
+    # (0t): the same galaxies and labels as (a), through the source survey and the same model
+    for task in ("Q1", "Q2", "Q3"):
+        pt = preds[preds["task"] == task]
+        p0t, pa = (pt[pt["experiment"] == e].set_index("id") for e in ("0t", "a"))
+        assert set(p0t.index) == set(pa.index) and len(p0t) == len(pa) > 0
+        assert (p0t.loc[pa.index, "label"] == pa["label"]).all()
+        assert set(p0t["survey"]) == {"sdss"} and set(pa["survey"]) == {"des"}
+        assert p0t["p_threshold_val"].iloc[0] == pa["p_threshold_val"].iloc[0]
+        assert not np.allclose(p0t.loc[pa.index, "p"], pa["p"])  # other images, other P
+    f1 = next(r for r in doc["findings"] if r["question"] == "Q1")
+    auc = {e: t2[(t2["question"] == "Q1") & (t2["experiment"] == e)]["auc"].iloc[0] for e in ("0t", "a", "b")}
+    assert f1["auc_a_minus_0t"] == pytest.approx(auc["a"] - auc["0t"])
+    assert f1["auc_b_minus_0t"] == pytest.approx(auc["b"] - auc["0t"])
     # Table 2 of a single seed is the per-seed row itself
     q1b = t2[(t2["question"] == "Q1") & (t2["experiment"] == "b")].iloc[0]
     ps = next(r for r in doc["per_seed"] if r["task"] == "Q1" and r["experiment"] == "b" and r["n_train_target"] == 40)

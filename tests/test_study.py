@@ -69,6 +69,12 @@ def test_presets_load_and_plan_the_study():
     assert (c.init, c.trainable, c.key) == ("source", "head", "Q3/c_n300_s1")
     assert study.make_experiment("Q1", "d", 50, 0).init == "scratch"
     assert study.make_experiment("Q1", "0").test_on == "source"
+    # paired Stores (the source holds the target test galaxies): (0t) once per source model
+    exps_p, _ = study.plan_experiments(paper, ["Q1", "Q2", "Q3"], paired=True)
+    assert len(exps_p) == len(exps) + 3
+    t0 = [e for e in exps_p if e.name == "0t"]
+    assert [e.key for e in t0] == ["Q1/0t", "Q2/0t", "Q3/0t"]
+    assert (t0[0].init, t0[0].trainable, t0[0].test_on) == ("source", "none", "paired")
     # a pool smaller than the main n caps it, and says so
     exps, notes = study.plan_experiments(paper, ["Q3"], pool_sizes={"Q3": 250})
     assert {e.n_train for e in exps if e.name == "b"} == {50, 100, 200, 250}

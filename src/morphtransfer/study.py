@@ -58,12 +58,18 @@ STUDY_ENGINE_VERSION = 1
 # What each experiment is, in the study's words (Table 2 of Dominguez Sanchez et al. 2019).
 EXPERIMENT_TITLES = {
     "0": "SDSS model on SDSS",
+    # not a row of the study: (0) on the very galaxies (and labels) that a-d are tested on, where
+    # the source Store holds them (the simulated pair always does). (a) - (0t) is the change of
+    # images alone; (b) - (0t) how near fine-tuning gets, free of the two test samples' difference
+    "0t": "SDSS model on SDSS images of the DES test galaxies",
     "a": "SDSS model on DES, as it is",
     "b": "fine-tuned, all layers",
     "c": "fine-tuned, dense layers only",
     "d": "trained from scratch on DES",
 }
 TARGET_TRAINED = ("b", "c", "d")
+# experiments that apply the source model as it is: levels for b, c, d to reach
+LEVELS = ("0", "0t", "a")
 ROLES = ("source_train", "source_test", "target_pool", "target_test")
 
 
@@ -159,11 +165,12 @@ class Experiment:
 
     ``init``: "scratch", "source" (this task's source model) or a model folder.
     ``trainable``: "all", "head" (dense part only) or "none" (the model is applied as it is).
-    ``test_on``: "source" (experiment 0) or "target".
+    ``test_on``: "source" (experiment 0: the source test set), "target" (the target test set) or
+    "paired" (0t: the target test galaxies' images in the source Store).
     """
 
     task: str
-    name: str  # "0", "a", "b", "c", "d"
+    name: str  # "0", "0t", "a", "b", "c", "d"
     init: str
     trainable: str
     n_train: int  # target galaxies trained on (0 for experiments 0 and a)
@@ -194,6 +201,8 @@ def make_experiment(task: str, name: str, n_train: int = 0, seed: int = 0,
     ignored); b and c start from the source model of ``source_seed``."""
     if name == "0":
         return Experiment(task, "0", "source", "none", 0, int(seed), "source", int(seed))
+    if name == "0t":
+        return Experiment(task, "0t", "source", "none", 0, int(seed), "paired", int(seed))
     if name == "a":
         return Experiment(task, "a", "source", "none", 0, int(seed), "target", int(seed))
     if name == "b":
@@ -202,11 +211,12 @@ def make_experiment(task: str, name: str, n_train: int = 0, seed: int = 0,
         return Experiment(task, "c", "source", "head", int(n_train), int(seed), "target", int(source_seed))
     if name == "d":
         return Experiment(task, "d", "scratch", "all", int(n_train), int(seed), "target")
-    raise InputError(f"unknown experiment {name!r}; the study has 0, a, b, c, d")
+    raise InputError(f"unknown experiment {name!r}; the study has 0, 0t, a, b, c, d")
 
 
 def plan_experiments(
-    cfg: dict, tasks: list[str], with_target: bool = True, pool_sizes: dict | None = None
+    cfg: dict, tasks: list[str], with_target: bool = True, pool_sizes: dict | None = None,
+    paired: bool = False,
 ) -> tuple[list[Experiment], list[str]]:
     """The study's experiment list (and notes on what was capped or skipped).
 
@@ -216,6 +226,7 @@ def plan_experiments(
     b and c of seed s start from source model ``source_seeds[s % len(source_seeds)]``, so their
     spread over seeds includes the source model's own training noise.
     ``pool_sizes[task]`` caps n_train at the robust target galaxies available.
+    ``paired``: the source Store holds every target test galaxy (same id), so 0t is run too.
     """
     notes: list[str] = []
     out: list[Experiment] = []
@@ -238,6 +249,9 @@ def plan_experiments(
             continue
         for s in src_seeds:
             add(make_experiment(task, "a", seed=s))
+        if paired:
+            for s in src_seeds:
+                add(make_experiment(task, "0t", seed=s))
         pool = None if pool_sizes is None else int(pool_sizes[task])
         n_main = _per_task(cfg["target"]["n_train"], task, "[target] n_train")
         if pool is not None and n_main > pool:
@@ -501,6 +515,9 @@ def experiment_rows(
     """(own training rows, all training rows it descends from, test rows) of one experiment."""
     src_train = rows_of(splits, exp.task, "source_train")
     test = rows_of(splits, exp.task, "source_test" if exp.test_on == "source" else "target_test")
+    if exp.test_on == "paired":
+        # the source model never saw these galaxies through either survey
+        assert_disjoint(rows_of(splits, exp.task, "source_train")["id"], test["id"], f"experiment {exp.key}")
     own = (
         target_train(splits, exp.task, exp.n_train, exp.seed, split_seed)
         if exp.trains
@@ -876,7 +893,11 @@ def run_study(
         os.replace(tmp, paths.splits)
 
     pool_sizes = {t: len(rows_of(splits, t, "target_pool")) for t in tasks} if tgt_store else None
-    experiments, plan_notes = plan_experiments(cfg, tasks, tgt_store is not None, pool_sizes)
+    # (0t) where the source Store holds every target test galaxy under the same id
+    target_test_ids = splits.loc[splits["role"] == "target_test", "id"]
+    paired = bool(tgt_store is not None and len(target_test_ids)
+                  and target_test_ids.isin(src_cat["id"].astype(str)).all())
+    experiments, plan_notes = plan_experiments(cfg, tasks, tgt_store is not None, pool_sizes, paired)
     notes += plan_notes
     n_test = {
         t: len(rows_of(splits, t, "target_test" if tgt_store else "source_test")) for t in tasks
@@ -970,7 +991,10 @@ def _findings_lines(metrics_json: Path) -> list[str]:
         f = lambda v, fmt="+.3f": "-" if v is None else format(v, fmt)  # noqa: E731
         out.append(
             f"  {r['question']}: (a)-(0) TPR {f(r['tpr_a_minus_0'])}, precision "
-            f"{f(r['precision_a_minus_0'])}; (b)-(0) AUC {f(r['auc_b_minus_0'])}; (b)-(d) AUC "
+            f"{f(r['precision_a_minus_0'])}; (b)-(0) AUC {f(r['auc_b_minus_0'])}"
+            + (f" (on the same galaxies: (a)-(0t) {f(r['auc_a_minus_0t'])}, (b)-(0t) "
+               f"{f(r['auc_b_minus_0t'])})" if r.get("auc_b_minus_0t") is not None else "")
+            + f"; (b)-(d) AUC "
             f"{f(r['auc_b_minus_d'])} ± {f(r['auc_b_minus_d_std'], '.3f')} at N={r['n_train_main']}"
             + (f", {f(r['auc_b_minus_d_smallest_n'])} at N={r['n_train_smallest']}"
                if r.get("n_train_smallest") else "")
@@ -1061,7 +1085,7 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
         console.print(f"{head} {exp.key} ({exp.title}): done already", highlight=False)
         return False
     own, seen, test = experiment_rows(exp, splits, split_seed)
-    test_store = src_store if exp.test_on == "source" else tgt_store
+    test_store = src_store if exp.test_on in ("source", "paired") else tgt_store
     model = paths.model(exp)
     t0 = time.time()
     if exp.trains and not _model_done(model):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from morphtransfer.study import LEVELS
 from morphtransfer.report.tables import (
     REACH_TOLERANCE,
     aggregate,
@@ -74,7 +75,7 @@ def write_report(
     n_boot = int(study.get("n_boot", 1000))
     preds = pd.read_parquet(run_dir / "predictions.parquet")
     if "n_train_target" not in preds.columns:
-        preds["n_train_target"] = np.where(preds["experiment"].isin(["0", "a"]), 0, preds["n_train"])
+        preds["n_train_target"] = np.where(preds["experiment"].isin(LEVELS), 0, preds["n_train"])
     notes = list(notes or [])
 
     per_seed = compute_metrics(preds, p_threshold=p_threshold, n_boot=n_boot, seed=0)
@@ -83,6 +84,9 @@ def write_report(
     t2 = table2(agg, main_n)
     budget = label_budget(agg)
     reach = n_to_reach_level(budget) if len(budget) else {}
+    # the same question against (0) on the DES test galaxies themselves, where the run has (0t)
+    has_0t = len(budget) and np.isfinite(budget.get("auc_level_0t", pd.Series([np.nan]))).any()
+    reach_0t = n_to_reach_level(budget, level="0t") if has_0t else {}
     found = findings(t2, budget)
 
     written: dict[str, Path] = {}
@@ -103,6 +107,11 @@ def write_report(
             "metric": "auc",
             "tolerance": REACH_TOLERANCE,
             "by_task": reach,
+        },
+        "n_train_to_reach_level_0t": {
+            "metric": "auc",
+            "tolerance": REACH_TOLERANCE,
+            "by_task": reach_0t,
         },
         "findings": found.to_dict(orient="records"),
         "notes": notes,
@@ -134,5 +143,5 @@ def write_report(
     from morphtransfer.report.html import write_html
 
     written["report.html"] = write_html(run_dir, cfg, t2, budget, reach, notes, figs, p_threshold,
-                                       found)
+                                       found, reach_0t)
     return written

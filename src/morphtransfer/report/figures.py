@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from morphtransfer.errors import InputError
-from morphtransfer.study import EXPERIMENT_TITLES
+from morphtransfer.study import EXPERIMENT_TITLES, LEVELS
 
-COLORS = {"0": "black", "a": "tab:red", "b": "tab:blue", "c": "tab:green", "d": "tab:orange"}
-STYLES = {"0": "-", "a": "--", "b": "-", "c": "-.", "d": ":"}
+COLORS = {"0": "black", "0t": "0.55", "a": "tab:red", "b": "tab:blue", "c": "tab:green", "d": "tab:orange"}
+STYLES = {"0": "-", "0t": "-", "a": "--", "b": "-", "c": "-.", "d": ":"}
 
 
 def _plt():
@@ -40,7 +40,7 @@ def _save(fig, path: Path) -> Path:
 
 def main_rows(preds: pd.DataFrame, main_n: dict[str, int]) -> pd.DataFrame:
     """Predictions of the Table 2 rows: 0, a, and b, c, d at each task's main target n_train."""
-    is_main = preds["experiment"].isin(["0", "a"]) | (
+    is_main = preds["experiment"].isin(LEVELS) | (
         preds["n_train_target"].to_numpy() == preds["task"].map(main_n).fillna(-1).to_numpy()
     )
     return preds[is_main]
@@ -121,7 +121,7 @@ def label_budget_figure(budget: pd.DataFrame, out_dir: Path) -> Path | None:
                 if len(flat):
                     ax.scatter(flat["n_train_target"], flat[mname], s=110, facecolors="none",
                                edgecolors=COLORS[exp], linewidths=1.2)
-            for lvl in ("0", "a"):
+            for lvl in LEVELS:
                 v = bt[f"{mname}_level_{lvl}"].iloc[0]
                 if np.isfinite(v):
                     ax.axhline(v, color=COLORS[lvl], ls=STYLES[lvl], lw=1,

@@ -15,10 +15,11 @@ from morphtransfer.report.tables import labels_phrase, to_markdown
 CAPTIONS = {
     "roc": "Figure 2. ROC curves per question: the SDSS model on SDSS (0) and on DES (a), "
     "fine-tuned on DES in all layers (b) or the dense part only (c), and trained from scratch on "
-    "the same DES galaxies (d). Data: figures/roc.csv.",
+    "the same DES galaxies (d); where the run has it, (0t): the SDSS model on the SDSS images of "
+    "the DES test galaxies, the same galaxies and labels as a-d. Data: figures/roc.csv.",
     "label_budget": "Label budget: AUC and accuracy of b, c, d against the number of labelled DES "
-    "galaxies (mean ± spread over seeds), with the SDSS level (0) and the direct transfer (a) as "
-    "lines; a ring marks a point where some seeds' models stayed flat (P barely varies: classifications at P_th all one side; n_flat). "
+    "galaxies (mean ± spread over seeds), with the SDSS level (0) (and (0t), on the DES test galaxies' SDSS images) and the direct "
+    "transfer (a) as lines; a ring marks a point where some seeds' models stayed flat (P barely varies: classifications at P_th all one side; n_flat). "
     "Data: figures/label_budget.csv.",
     "examples": "Figure 1. The same galaxies seen by SDSS (top) and DES (bottom): smooth, disk, "
     "edge-on and barred, as robust volunteer labels call them. Data: figures/examples.csv.",
@@ -91,7 +92,7 @@ def _models(run_dir: Path) -> pd.DataFrame:
 
 def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.DataFrame, reach: dict,
                notes: list[str], figs: dict, p_threshold: float,
-               found: pd.DataFrame | None = None) -> Path:
+               found: pd.DataFrame | None = None, reach_0t: dict | None = None) -> Path:
     from morphtransfer import __version__
     from morphtransfer.study import _to_toml
 
@@ -112,12 +113,21 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
         _md_table_to_html(to_markdown(t2, p_threshold, labels_phrase(cfg))),
     ]
     if reach:
-        rows = [{"question": t, **{f"({e})": (v if v is not None else "not reached") for e, v in d.items()}}
-                for t, d in reach.items()]
+        def cell(v):
+            return v if v is not None else "not reached"
+
+        rows = []
+        for t, d in reach.items():
+            r = {"question": t, **{f"({e}) to (0)": cell(v) for e, v in d.items()}}
+            if reach_0t and t in reach_0t:
+                r.update({f"({e}) to (0t)": cell(v) for e, v in reach_0t[t].items()})
+            rows.append(r)
         parts += [
             "<h2>Labels needed to reach the SDSS level</h2>",
             "<p>Smallest DES N_train at which the mean AUC over seeds comes within 0.02 of the (0) "
-            "AUC (data: metrics.json, label_budget.csv).</p>",
+            "AUC, and, where the run has it, of the (0t) AUC: the SDSS model on the SDSS images of "
+            "the very DES test galaxies b, c, d are scored on, free of the two test samples' "
+            "difference (data: metrics.json, label_budget.csv).</p>",
             _table(pd.DataFrame(rows)),
         ]
     if found is not None and len(found) and found["auc_b_minus_d"].notna().any():
@@ -125,7 +135,8 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
             "<h2>The study's findings, measured</h2>",
             f"<p>Per question: (a) - (0) in TPR and precision at P_th = {p_threshold} (what the "
             "SDSS model loses on DES as it is); (b) - (0) in AUC (how near fine-tuning gets to the "
-            "SDSS level); (b) - (d) in AUC at the main and the smallest DES N_train (what the SDSS "
+            "SDSS level); the same against (0t), the SDSS model on the SDSS images of the DES "
+            "test galaxies, where the run has it; (b) - (d) in AUC at the main and the smallest DES N_train (what the SDSS "
             "start is worth; &plusmn; the seeds' spreads in quadrature); the part of (b)'s AUC above "
             "chance that (d) reaches, (AUC_d - 0.5) / (AUC_b - 0.5).</p>",
             _table(found),
@@ -136,7 +147,7 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
             parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>")
     if len(budget):
         cols = ["task", "experiment", "n_train_target", "n_seeds", "n_flat", "auc", "auc_std", "accuracy",
-                "accuracy_std", "tpr", "precision", "auc_level_0", "auc_level_a"]
+                "accuracy_std", "tpr", "precision", "auc_level_0", "auc_level_0t", "auc_level_a"]
         parts += ["<h2>Label-budget table</h2>", _table(budget[[c for c in cols if c in budget]])]
     models = _models(run_dir)
     if len(models):
