@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphtransfer.study import LEVELS
 from morphtransfer.report.tables import (
     REACH_TOLERANCE,
+    _ensure_columns,
     aggregate,
     compute_metrics,
     findings,
@@ -73,9 +73,7 @@ def write_report(
     study = (cfg or {}).get("study", {})
     p_threshold = float(study.get("p_threshold", 0.5))
     n_boot = int(study.get("n_boot", 1000))
-    preds = pd.read_parquet(run_dir / "predictions.parquet")
-    if "n_train_target" not in preds.columns:
-        preds["n_train_target"] = np.where(preds["experiment"].isin(LEVELS), 0, preds["n_train"])
+    preds = _ensure_columns(pd.read_parquet(run_dir / "predictions.parquet"))
     notes = list(notes or [])
 
     per_seed = compute_metrics(preds, p_threshold=p_threshold, n_boot=n_boot, seed=0)
@@ -84,9 +82,8 @@ def write_report(
     t2 = table2(agg, main_n)
     budget = label_budget(agg)
     reach = n_to_reach_level(budget) if len(budget) else {}
-    # the same question against (0) on the DES test galaxies themselves, where the run has (0t)
-    has_0t = len(budget) and np.isfinite(budget.get("auc_level_0t", pd.Series([np.nan]))).any()
-    reach_0t = n_to_reach_level(budget, level="0t") if has_0t else {}
+    # against (0t), the DES test galaxies' own SDSS images: empty where the run has no (0t)
+    reach_0t = n_to_reach_level(budget, level="0t") if len(budget) else {}
     found = findings(t2, budget)
 
     written: dict[str, Path] = {}

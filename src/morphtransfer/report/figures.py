@@ -39,7 +39,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def main_rows(preds: pd.DataFrame, main_n: dict[str, int]) -> pd.DataFrame:
-    """Predictions of the Table 2 rows: 0, a, and b, c, d at each task's main target n_train."""
+    """Predictions of the Table 2 rows: 0, 0t, a, and b, c, d at each task's main target n_train."""
     is_main = preds["experiment"].isin(LEVELS) | (
         preds["n_train_target"].to_numpy() == preds["task"].map(main_n).fillna(-1).to_numpy()
     )
