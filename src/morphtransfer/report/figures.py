@@ -54,7 +54,7 @@ def roc_figure(preds: pd.DataFrame, main_n: dict[str, int], agg: pd.DataFrame, o
     m = main_rows(preds, main_n)
     tasks = sorted(m["task"].unique())
     rows = []
-    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.3 * max(len(tasks), 1), 4.5), squeeze=False,
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.3 * max(len(tasks), 1), 6.0), squeeze=False,
                              layout="constrained")
     for ax, task in zip(axes[0], tasks):
         for exp in EXPERIMENT_TITLES:
@@ -85,9 +85,10 @@ def roc_figure(preds: pd.DataFrame, main_n: dict[str, int], agg: pd.DataFrame, o
         ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
                title=f"{task}" + (f" (DES N_train = {n})" if n else ""))
-        ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle("ROC curves: SDSS model on SDSS (0), on DES (a), fine-tuned (b, c), from scratch (d)",
-                 fontsize=10)
+        # below the panel: six entries inside it would hide the curves' lower part
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, frameon=False)
+    fig.suptitle("ROC curves: SDSS model on SDSS (0), on the DES test galaxies' SDSS images (0t), on DES (a), "
+                 "fine-tuned (b, c), from scratch (d)", fontsize=10)
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         columns=["task", "experiment", "seed", "fpr", "tpr", "threshold"])
     table.to_csv(out_dir / "roc.csv", index=False)
