@@ -113,6 +113,70 @@ def test_splits_never_put_a_test_galaxy_in_training(pair):
     assert set(study.target_train(sp, "Q1", 20, 1, 7)["id"]) != s20
 
 
+def _pool(n=200, n_pos=20, task="Q3"):
+    lab = np.zeros(n, dtype=int)
+    lab[np.random.default_rng(5).choice(n, n_pos, replace=False)] = 1
+    return pd.DataFrame({"task": task, "id": [f"g{i}" for i in range(n)], "survey": "target",
+                         "role": "target_pool", "label": lab, "order": np.arange(n)})
+
+
+def test_balanced_target_samples_are_half_positive_nested_and_seeded():
+    sp = _pool()
+    pos = lambda d: int(d["label"].sum())  # noqa: E731
+    b10, b30, b60 = (study.target_train(sp, "Q3", n, 0, 7, "balanced") for n in (10, 30, 60))
+    assert (len(b10), pos(b10)) == (10, 5)
+    assert (len(b30), pos(b30)) == (30, 15)
+    assert (len(b60), pos(b60)) == (60, 20)  # only 20 positives in the pool: all, then negatives
+    assert set(b10["id"]) < set(b30["id"]) < set(b60["id"])
+    assert len(set(b60["id"])) == 60
+    # the random draw keeps the pool's share (10%), seeds differ, odd n gives the extra one to positives
+    r60 = study.target_train(sp, "Q3", 60, 0, 7)
+    assert pos(r60) < 15 and set(r60["id"]) != set(b60["id"])
+    assert set(study.target_train(sp, "Q3", 30, 1, 7, "balanced")["id"]) != set(b30["id"])
+    assert pos(study.target_train(sp, "Q3", 11, 0, 7, "balanced")) == 6
+    # positives are not all first: the rows keep the shuffle's order
+    assert b30["label"].iloc[:15].sum() < 15
+    with pytest.raises(InputError, match="unknown"):
+        study.target_train(sp, "Q3", 10, 0, 7, "stratified")
+
+
+def test_target_sample_setting_per_task():
+    cfg = tiny_config()
+    assert study.target_sample(cfg, "Q3") == "random"
+    cfg["target"]["sample"] = "balanced"
+    assert study.target_sample(cfg, "Q1") == "balanced"
+    cfg["target"]["sample"] = {"Q3": "balanced"}
+    assert [study.target_sample(cfg, t) for t in ("Q1", "Q3")] == ["random", "balanced"]
+    cfg["target"]["sample"] = {"Q3": "half"}
+    with pytest.raises(InputError, match=r"\[target\] sample = 'half' for Q3"):
+        study.target_sample(cfg, "Q3")
+
+
+def test_run_study_draws_the_configured_sample_per_task(pair, tmp_path, monkeypatch):
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    cfg = tiny_config()
+    cfg["target"]["sample"] = {"Q2": "balanced"}
+    res = study.run_study(out=tmp_path / "r", source=pair[0], target=pair[1], config=cfg, progress=False,
+                          report=False)
+    assert any(n.startswith("Q2: the DES training samples") for n in res.notes)
+    assert not any("Q1: the DES training samples" in n for n in res.notes)
+    sp = pd.read_parquet(tmp_path / "r" / "splits.parquet")
+    for task in ("Q1", "Q2"):
+        lab = dict(zip(sp[sp["task"] == task]["id"], sp[sp["task"] == task]["label"]))
+        pool = sp[(sp["task"] == task) & (sp["role"] == "target_pool")]
+        share = pool["label"].mean()
+        runs = [t for t in eng.trained if t["task"] == task and Path(t["out"]).name.startswith("b_")]
+        assert runs
+        for t in runs:
+            n, n_pos = len(t["ids"]), sum(lab[i] for i in t["ids"])
+            if task == "Q2":  # half positives (or every positive of the pool)
+                assert n_pos == min((n + 1) // 2, int(pool["label"].sum()))
+            else:
+                assert abs(n_pos / n - share) < 0.35
+    assert "sample" in tomllib.loads((tmp_path / "r" / "config.toml").read_text())["target"]
+
+
 def test_overlap_assertion_fires(pair):
     src, tgt = Store(pair[0]), Store(pair[1])
     cfg = tiny_config()
@@ -172,8 +236,9 @@ def test_run_resumes_without_redoing_finished_experiments(pair, tmp_path, monkey
         study.run_study(out=out, source=pair[0], target=pair[1], config=cfg2, progress=False, report=False)
     # so is a folder made by another study engine (its finished steps would be reused as they are)
     assert tomllib.loads((out / "config.toml").read_text())["inputs"]["engine_version"] == study.STUDY_ENGINE_VERSION
-    monkeypatch.setattr(study, "STUDY_ENGINE_VERSION", study.STUDY_ENGINE_VERSION + 1)
-    with pytest.raises(InputError, match=r"study engine version 1, this morphtransfer runs version 2.*Delete the run folder"):
+    v = study.STUDY_ENGINE_VERSION
+    monkeypatch.setattr(study, "STUDY_ENGINE_VERSION", v + 1)
+    with pytest.raises(InputError, match=rf"study engine version {v}, this morphtransfer runs version {v + 1}.*Delete the run folder"):
         study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
 
 
@@ -193,6 +258,8 @@ def test_small_samples_get_at_least_min_steps(monkeypatch):
     # 50 galaxies, 45 after validation: 2 steps per epoch -> 30 epochs; 300 -> 9 steps -> 8 epochs
     assert study.make_recipe(cfg, "target", 50, 0, "Q1")["max_epochs"] == 30
     assert study.make_recipe(cfg, "target", 300, 0, "Q1")["max_epochs"] == 8
+    # and early stopping waits for them (train.Recipe.min_steps)
+    assert study.make_recipe(cfg, "target", 300, 0, "Q1")["min_steps"] == 60
     assert study.make_recipe(cfg, "target", 300, 0, "Q3")["balance_classes"] is True
     assert study.make_recipe(cfg, "target", 300, 3, "Q1")["seed"] == 3
 
@@ -213,6 +280,10 @@ def test_fine_tunes_get_their_own_learning_rate_and_scratch_keeps_the_base_one(p
     # without the key, all three use learning_rate (the published study's single value)
     assert study.make_recipe(tiny_config(), "target", 40, 0, "Q1", fine_tune=True).get("learning_rate") is None
     assert study.make_recipe(cfg, "target", 40, 0, "Q1", fine_tune=False)["learning_rate"] == 1e-3
+    # per task: a task not in the table keeps learning_rate
+    cfg["recipe"]["target"].update({"learning_rate": 1e-3, "fine_tune_learning_rate": {"Q1": 1e-4, "Q3": 3e-4}})
+    lrs = [study.make_recipe(cfg, "target", 40, 0, t, fine_tune=True)["learning_rate"] for t in ("Q1", "Q2", "Q3")]
+    assert lrs == [1e-4, 1e-3, 3e-4]
 
 
 def test_config_round_trips_through_toml():

@@ -335,6 +335,37 @@ def test_interrupted_training_resumes_from_its_last_epoch(blob_store, tmp_path):
     assert card["epochs_run"] == 2 and card["best_epoch"] in (1, 2)
 
 
+def test_early_stopping_waits_for_min_steps(blob_store, tmp_path):
+    import lightning as L
+
+    class StopNow(L.Callback):  # early stopping that fires at the end of every epoch
+        def on_validation_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    rows = _train_rows(blob_store)
+    steps = []
+
+    class Steps(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            steps.append(int(trainer.global_step))
+
+    def fit(min_steps):
+        rec = Recipe(max_epochs=6, early_stopping_patience=None, min_steps=min_steps)
+        out = tmp_path / f"m{min_steps}"
+        train_model(blob_store, "Q1", rows=rows, recipe=rec, out=out, progress=False,
+                    callbacks=[StopNow(), Steps()])
+        return json.loads((out / "card.json").read_text())
+
+    card = fit(0)  # the stop ends the first epoch
+    n_fit = steps[0]
+    assert card["epochs_run"] == 1 and n_fit >= 2
+    card = fit(2 * n_fit + 1)  # early stopping waits: into the 3rd epoch, not 1 (nor all 6)
+    assert steps[1] == 2 * n_fit + 1 and card["epochs_run"] == 3
+    assert card["recipe"]["min_steps"] == 2 * n_fit + 1
+    with pytest.raises(InputError, match="min_steps"):
+        Recipe(min_steps=-1)
+
+
 def test_cli_train_and_evaluate(blob_store, tmp_path):
     from typer.testing import CliRunner
 

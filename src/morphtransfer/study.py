@@ -53,7 +53,7 @@ PRESETS = ("quick", "paper")
 # prediction change what a model or prediction of the same configuration would be (a change to the
 # report alone does not count: the report is recomputed from predictions.parquet every run). A
 # run folder of another version is refused on resume, since finished steps are reused, not redone.
-STUDY_ENGINE_VERSION = 1
+STUDY_ENGINE_VERSION = 2  # 2: early stopping waits for [recipe.target] min_steps
 
 # What each experiment is, in the study's words (Table 2 of Dominguez Sanchez et al. 2019).
 EXPERIMENT_TITLES = {
@@ -479,17 +479,57 @@ def _role_frame(ids, labels, survey, role) -> pd.DataFrame:
     )
 
 
-def target_train(splits: pd.DataFrame, task: str, n_train: int, seed: int, split_seed: int) -> pd.DataFrame:
+TARGET_SAMPLES = ("random", "balanced")
+
+
+def target_sample(cfg: dict, task: str) -> str:
+    """How the labelled target sample of ``task`` is drawn: ``[target] sample``.
+
+    "random" (default): N galaxies drawn at random from the labelled pool, so the sample holds
+    the population's share of the class (~5% bars: 300 random DES galaxies hold ~15). "balanced":
+    half of the N from each class where the pool allows (the rest from the other class) - a
+    team that labels a sample enriched in candidates, as DES teams select bar candidates. The
+    test set is drawn at random either way, so every metric is the population's. One value for
+    every task, or a table per task (``{ Q1 = "random", Q3 = "balanced" }``; a task not named
+    is "random").
+    """
+    v = cfg.get("target", {}).get("sample", "random")
+    if isinstance(v, dict):
+        v = v.get(task, "random")
+    v = str(v)
+    if v not in TARGET_SAMPLES:
+        raise InputError(f"[target] sample = {v!r} for {task} unknown; use one of {TARGET_SAMPLES}")
+    return v
+
+
+def target_train(
+    splits: pd.DataFrame, task: str, n_train: int, seed: int, split_seed: int, sample: str = "random"
+) -> pd.DataFrame:
     """The n_train target galaxies of one seed: the first n of that seed's shuffle of the pool.
 
     Nested: for one seed, the 100-galaxy sample contains the 50-galaxy one, so the label-budget
     curve measures more labels, not different labels. Different seeds draw different samples.
+    ``sample="balanced"``: the first ceil(n/2) positives and the first n - that negatives of
+    the same shuffle (fewer positives in the pool: all of them, the rest negatives); still nested.
     """
     tidx = list(TASKS).index(task) if task in TASKS else 0
     pool = splits[(splits["task"] == task) & (splits["role"] == "target_pool")]
     pool = pool.sort_values("order", kind="stable").reset_index(drop=True)
     perm = _rng(split_seed, tidx, 3, seed).permutation(len(pool))
-    return pool.iloc[perm[: int(n_train)]].reset_index(drop=True)
+    n = int(n_train)
+    if sample == "random":
+        return pool.iloc[perm[:n]].reset_index(drop=True)
+    if sample != "balanced":
+        raise InputError(f"target sample {sample!r} unknown; use one of {TARGET_SAMPLES}")
+    lab = pool["label"].to_numpy()[perm]
+    pos, neg = perm[lab == 1], perm[lab != 1]
+    k = min(len(pos), max(n - len(neg), (n + 1) // 2))
+    pick = np.concatenate([pos[:k], neg[: n - k]])
+    # in the shuffle's order, so that the rows read like a random draw, not positives first
+    rank = np.empty(len(perm), dtype=np.int64)
+    rank[perm] = np.arange(len(perm))
+    pick = pick[np.argsort(rank[pick], kind="stable")]
+    return pool.iloc[pick].reset_index(drop=True)
 
 
 def rows_of(splits: pd.DataFrame, task: str, role: str) -> pd.DataFrame:
@@ -510,13 +550,15 @@ def assert_disjoint(train_ids, test_ids, what: str) -> None:
 
 
 def experiment_rows(
-    exp: Experiment, splits: pd.DataFrame, split_seed: int
+    exp: Experiment, splits: pd.DataFrame, split_seed: int, sample: str = "random"
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(own training rows, all training rows it descends from, test rows) of one experiment."""
+    """(own training rows, all training rows it descends from, test rows) of one experiment.
+
+    ``sample``: how its target training rows are drawn (``target_sample``)."""
     src_train = rows_of(splits, exp.task, "source_train")
     test = rows_of(splits, exp.task, "source_test" if exp.test_on == "source" else "target_test")
     own = (
-        target_train(splits, exp.task, exp.n_train, exp.seed, split_seed)
+        target_train(splits, exp.task, exp.n_train, exp.seed, split_seed, sample)
         if exp.trains
         else src_train.iloc[:0]
     )
@@ -557,17 +599,23 @@ def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_
 
     ``early_stopping_patience = 0`` turns early stopping off (TOML has no null).
     ``min_steps`` (target only): small samples get more epochs so that every approach sees at
-    least that many optimiser steps; b, c and d of one n_train share the same budget.
+    least that many optimiser steps, and early stopping cannot end a training before them;
+    b, c and d of one n_train share the same budget.
     ``fine_tune_learning_rate`` (target only): the learning rate of trainings that start from a
-    trained model (b, c; ``fine_tune=True``); from-scratch (d) keeps ``learning_rate``.
+    trained model (b, c; ``fine_tune=True``); from-scratch (d) keeps ``learning_rate``. One value,
+    or a table per task (``{ Q1 = 1e-4, Q3 = 1e-3 }``).
     """
     train = _engine()
     section = dict(cfg["recipe"].get(which, {}))
-    section.pop("min_steps", None)
+    min_steps = int(section.pop("min_steps", 0))
     ft_lr = section.pop("fine_tune_learning_rate", None)
+    if isinstance(ft_lr, dict):  # per task; a task not named keeps learning_rate
+        ft_lr = ft_lr.get(task)
     if fine_tune and ft_lr is not None:
         section["learning_rate"] = float(ft_lr)
     section["max_epochs"] = _epochs(cfg, which, n_train)
+    if min_steps:
+        section["min_steps"] = min_steps
     section["seed"] = int(seed)
     # TOML has no null: early_stopping_patience = 0 means no early stopping
     if section.get("early_stopping_patience", 1) in (0, None):
@@ -896,6 +944,14 @@ def run_study(
                   and target_test_ids.isin(src_cat["id"].astype(str)).all())
     experiments, plan_notes = plan_experiments(cfg, tasks, tgt_store is not None, pool_sizes, paired)
     notes += plan_notes
+    if tgt_store is not None:
+        balanced = [t for t in tasks if target_sample(cfg, t) == "balanced"]
+        if balanced:
+            notes.append(
+                f"{', '.join(balanced)}: the DES training samples of (b), (c), (d) are class-balanced "
+                "([target] sample): half of N_train positive where the pool allows; the test sets are "
+                "random, so every metric is the population's"
+            )
     n_test = {
         t: len(rows_of(splits, t, "target_test" if tgt_store else "source_test")) for t in tasks
     }
@@ -1081,7 +1137,7 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
         result.skipped += 1
         console.print(f"{head} {exp.key} ({exp.title}): done already", highlight=False)
         return False
-    own, seen, test = experiment_rows(exp, splits, split_seed)
+    own, seen, test = experiment_rows(exp, splits, split_seed, target_sample(cfg, exp.task))
     test_store = src_store if exp.test_on in ("source", "paired") else tgt_store
     model = paths.model(exp)
     t0 = time.time()

@@ -60,6 +60,10 @@ class Recipe:
     max_epochs: int = 50
     val_fraction: float = 0.1
     early_stopping_patience: int | None = 10
+    # early stopping cannot end a training before this many optimiser steps (0: any time). A
+    # few hundred galaxies make ~10 steps per epoch: a patience of 5 epochs would otherwise stop
+    # a fine-tune at a low learning rate after ~50 steps, on a validation loss still flat
+    min_steps: int = 0
     augment: bool = True
     rotation_deg: float = 45.0
     shift_fraction: float = 0.05
@@ -99,6 +103,8 @@ class Recipe:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size < 1 or self.max_epochs < 1:
             raise InputError("batch_size and max_epochs must be at least 1")
+        if self.min_steps < 0:
+            raise InputError(f"min_steps must be 0 or more, got {self.min_steps}")
         lo, hi = self.zoom_range
         if not 0 < lo <= hi:
             raise InputError(f"zoom_range must be 0 < lo <= hi, got {self.zoom_range}")
@@ -757,6 +763,7 @@ def train_model(
         dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy),
         precision=recipe.precision,
         max_epochs=recipe.max_epochs,
+        min_steps=recipe.min_steps or None,  # Lightning: early stopping waits for it
         callbacks=callbacks,
         logger=CSVLogger(save_dir=str(out), name="", version=LOG_DIR),
         log_every_n_steps=10_000,  # per-epoch figures only: per-step logging costs time at batch 30
