@@ -159,8 +159,8 @@ def test_run_study_draws_the_configured_sample_per_task(pair, tmp_path, monkeypa
     cfg["target"]["sample"] = {"Q2": "balanced"}
     res = study.run_study(out=tmp_path / "r", source=pair[0], target=pair[1], config=cfg, progress=False,
                           report=False)
-    assert any(n.startswith("Q2: the DES training samples") for n in res.notes)
-    assert not any("Q1: the DES training samples" in n for n in res.notes)
+    assert any(n.startswith("Q2: the target training samples") for n in res.notes)
+    assert not any("Q1: the target training samples" in n for n in res.notes)
     sp = pd.read_parquet(tmp_path / "r" / "splits.parquet")
     for task in ("Q1", "Q2"):
         lab = dict(zip(sp[sp["task"] == task]["id"], sp[sp["task"] == task]["label"]))

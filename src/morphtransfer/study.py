@@ -488,7 +488,7 @@ def target_sample(cfg: dict, task: str) -> str:
     "random" (default): N galaxies drawn at random from the labelled pool, so the sample holds
     the population's share of the class (~5% bars: 300 random DES galaxies hold ~15). "balanced":
     half of the N from each class where the pool allows (the rest from the other class) - a
-    team that labels a sample enriched in candidates, as DES teams select bar candidates. The
+    team that labels candidates of a rare class rather than a random draw. The
     test set is drawn at random either way, so every metric is the population's. One value for
     every task, or a table per task (``{ Q1 = "random", Q3 = "balanced" }``; a task not named
     is "random").
@@ -948,7 +948,7 @@ def run_study(
         balanced = [t for t in tasks if target_sample(cfg, t) == "balanced"]
         if balanced:
             notes.append(
-                f"{', '.join(balanced)}: the DES training samples of (b), (c), (d) are class-balanced "
+                f"{', '.join(balanced)}: the target training samples of (b), (c), (d) are class-balanced "
                 "([target] sample): half of N_train positive where the pool allows; the test sets are "
                 "random, so every metric is the population's"
             )
