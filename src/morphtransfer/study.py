@@ -111,6 +111,11 @@ def load_config(preset: str = "quick") -> dict:
     return cfg
 
 
+def _for_task(value, task: str, default=None):
+    """A setting given once for every task or as a table per task (a task not named: default)."""
+    return value.get(task, default) if isinstance(value, dict) else value
+
+
 def _per_task(value, task: str, what: str) -> int:
     if isinstance(value, dict):
         if task not in value:
@@ -273,6 +278,13 @@ def plan_experiments(
             for seed in cfg["sweep"].get("seeds", []):
                 for name in TARGET_TRAINED:
                     add(target_exp(task, name, n, seed))
+    balanced = [t for t in tasks if with_target and target_sample(cfg, t) == "balanced"]
+    if balanced:
+        notes.append(
+            f"{', '.join(balanced)}: the target training samples of (b), (c), (d) are class-balanced "
+            "([target] sample): half of N_train positive where the pool allows; the test sets are "
+            "random, so every metric is the population's"
+        )
     return out, notes
 
 
@@ -493,10 +505,7 @@ def target_sample(cfg: dict, task: str) -> str:
     every task, or a table per task (``{ Q1 = "random", Q3 = "balanced" }``; a task not named
     is "random").
     """
-    v = cfg.get("target", {}).get("sample", "random")
-    if isinstance(v, dict):
-        v = v.get(task, "random")
-    v = str(v)
+    v = str(_for_task(cfg.get("target", {}).get("sample", "random"), task, "random"))
     if v not in TARGET_SAMPLES:
         raise InputError(f"[target] sample = {v!r} for {task} unknown; use one of {TARGET_SAMPLES}")
     return v
@@ -521,15 +530,13 @@ def target_train(
         return pool.iloc[perm[:n]].reset_index(drop=True)
     if sample != "balanced":
         raise InputError(f"target sample {sample!r} unknown; use one of {TARGET_SAMPLES}")
-    lab = pool["label"].to_numpy()[perm]
-    pos, neg = perm[lab == 1], perm[lab != 1]
+    is_pos = pool["label"].to_numpy()[perm] == 1  # in the shuffle's order
+    pos, neg = np.flatnonzero(is_pos), np.flatnonzero(~is_pos)
     k = min(len(pos), max(n - len(neg), (n + 1) // 2))
-    pick = np.concatenate([pos[:k], neg[: n - k]])
-    # in the shuffle's order, so that the rows read like a random draw, not positives first
-    rank = np.empty(len(perm), dtype=np.int64)
-    rank[perm] = np.arange(len(perm))
-    pick = pick[np.argsort(rank[pick], kind="stable")]
-    return pool.iloc[pick].reset_index(drop=True)
+    take = np.zeros(len(perm), dtype=bool)
+    take[pos[:k]] = take[neg[: n - k]] = True
+    # kept in the shuffle's order, so that the rows read like a random draw, not positives first
+    return pool.iloc[perm[take]].reset_index(drop=True)
 
 
 def rows_of(splits: pd.DataFrame, task: str, role: str) -> pd.DataFrame:
@@ -608,9 +615,7 @@ def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_
     train = _engine()
     section = dict(cfg["recipe"].get(which, {}))
     min_steps = int(section.pop("min_steps", 0))
-    ft_lr = section.pop("fine_tune_learning_rate", None)
-    if isinstance(ft_lr, dict):  # per task; a task not named keeps learning_rate
-        ft_lr = ft_lr.get(task)
+    ft_lr = _for_task(section.pop("fine_tune_learning_rate", None), task)  # unnamed: learning_rate
     if fine_tune and ft_lr is not None:
         section["learning_rate"] = float(ft_lr)
     section["max_epochs"] = _epochs(cfg, which, n_train)
@@ -944,14 +949,6 @@ def run_study(
                   and target_test_ids.isin(src_cat["id"].astype(str)).all())
     experiments, plan_notes = plan_experiments(cfg, tasks, tgt_store is not None, pool_sizes, paired)
     notes += plan_notes
-    if tgt_store is not None:
-        balanced = [t for t in tasks if target_sample(cfg, t) == "balanced"]
-        if balanced:
-            notes.append(
-                f"{', '.join(balanced)}: the target training samples of (b), (c), (d) are class-balanced "
-                "([target] sample): half of N_train positive where the pool allows; the test sets are "
-                "random, so every metric is the population's"
-            )
     n_test = {
         t: len(rows_of(splits, t, "target_test" if tgt_store else "source_test")) for t in tasks
     }
