@@ -113,6 +113,44 @@ def test_splits_never_put_a_test_galaxy_in_training(pair):
     assert set(study.target_train(sp, "Q1", 20, 1, 7)["id"]) != s20
 
 
+def _with_stray_bar_votes(cat: pd.DataFrame) -> pd.DataFrame:
+    """The catalogue with every elliptical given 30% of its votes as 'featured', 'not edge-on',
+    'no bar' (12 of 40 SDSS, 6 of 20 DES votes): robust 'not barred' without prerequisites, off
+    the bar question's path with them."""
+    c = cat.copy()
+    ell = ~c["true_disk"].to_numpy()
+    total = c["smooth_or_featured_smooth_count"] + c["smooth_or_featured_featured_or_disk_count"]
+    k = (0.3 * total[ell]).round().astype(int)
+    c.loc[ell, "smooth_or_featured_featured_or_disk_count"] = k
+    c.loc[ell, "smooth_or_featured_smooth_count"] = total[ell] - k
+    c.loc[ell, ["disk_edge_on_yes_count", "bar_yes_count"]] = 0
+    c.loc[ell, "disk_edge_on_no_count"] = k
+    c.loc[ell, "bar_no_count"] = k
+    return study.prepare_catalog(c)
+
+
+def test_prerequisite_fraction_reaches_the_splits(pair):
+    cats = {"source": _with_stray_bar_votes(Store(pair[0]).catalog),
+            "target": _with_stray_bar_votes(Store(pair[1]).catalog)}
+    cfg = tiny_config()
+    off = study.make_splits(cats["source"], cats["target"], "Q3", cfg)
+    cfg["labels"]["prerequisite_fraction"] = 0.5
+    on = study.make_splits(cats["source"], cats["target"], "Q3", cfg)
+    for survey, cat in cats.items():
+        c = cat.set_index("id")
+        # without prerequisites the ellipticals enter as "not barred"; with them none does, and
+        # every labelled galaxy took the bar question's path in its own survey's votes
+        assert (~c.loc[off[off["survey"] == survey]["id"], "true_disk"]).sum() > 0
+        ids = on[on["survey"] == survey]["id"]
+        assert c.loc[ids, "true_disk"].all()
+        assert (c.loc[ids, "smooth_or_featured_featured_or_disk_fraction"] > 0.5).all()
+        assert (c.loc[ids, "disk_edge_on_no_fraction"] > 0.5).all()
+        n_ell = int((~c["true_disk"]).sum())
+        n_off = int((study.task_labels(cat, "Q3", {**cfg["labels"], "prerequisite_fraction": 0}) >= 0).sum())
+        n_on = int((study.task_labels(cat, "Q3", cfg["labels"]) >= 0).sum())
+        assert n_off - n_on >= n_ell  # every elliptical (30% featured) is dropped
+
+
 def _pool(n=200, n_pos=20, task="Q3"):
     lab = np.zeros(n, dtype=int)
     lab[np.random.default_rng(5).choice(n, n_pos, replace=False)] = 1

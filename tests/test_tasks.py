@@ -100,3 +100,77 @@ def test_robust_summary_on_real_stripe82(shared_data):
     # the agreement rule keeps a different, checkable number
     lab = robust_labels(cat, "Q1", rule="agreement", min_agreement=0.5)
     assert 0 < (lab >= 0).sum() < len(cat)
+
+
+def _tree_rows():
+    """Four galaxies, 20 volunteers each, whose bar answers are all robust.
+
+    0: an elliptical that 6 of 20 called featured; those 6 all said not edge-on and not barred.
+    1: a face-on disk (18 featured, 17 not edge-on), 16 of 17 say barred.
+    2: a face-on disk, 15 of 17 say not barred.
+    3: an edge-on disk (18 featured, 12 say edge-on); the 6 who said not edge-on: not barred.
+    """
+    return add_fractions(pd.DataFrame({
+        "smooth_or_featured_smooth_count": [14, 2, 2, 2],
+        "smooth_or_featured_featured_or_disk_count": [6, 18, 18, 18],
+        "disk_edge_on_yes_count": [0, 1, 1, 12],
+        "disk_edge_on_no_count": [6, 17, 17, 6],
+        "bar_yes_count": [0, 16, 2, 0],
+        "bar_no_count": [6, 1, 15, 6],
+    }))
+
+
+def test_prerequisites_keep_the_decision_tree_path():
+    df = _tree_rows()
+    # without prerequisites the elliptical and the edge-on disk are robust "not barred"
+    assert robust_labels(df, "Q3").tolist() == [0, 1, 0, 0]
+    # with them only the face-on disks keep a bar label (features 0.3 and not-edge-on 0.33 fail)
+    assert robust_labels(df, "Q3", prerequisite_fraction=0.5).tolist() == [-1, 1, 0, -1]
+    # Q2 asks of featured galaxies only: the elliptical (0.3 featured) loses its edge-on label
+    assert robust_labels(df, "Q2").tolist() == [0, 0, 0, -1]
+    assert robust_labels(df, "Q2", prerequisite_fraction=0.5).tolist() == [-1, 0, 0, -1]
+    # 0 means off; Q1 has no prerequisites, so the setting does not change it
+    assert robust_labels(df, "Q3", prerequisite_fraction=0.0).tolist() == [0, 1, 0, 0]
+    assert (robust_labels(df, "Q1", prerequisite_fraction=0.5).tolist()
+            == robust_labels(df, "Q1").tolist() == [-1, 1, 1, 1])
+    # the disks are 18/20 = 0.9 featured and 17/18 = 0.94 not edge-on: a stricter path keeps
+    # them up to 0.9 (exclusive), and nobody from there on
+    assert robust_labels(df, "Q3", prerequisite_fraction=0.85).tolist() == [-1, 1, 0, -1]
+    assert robust_labels(df, "Q3", prerequisite_fraction=0.9).tolist() == [-1, -1, -1, -1]
+    # the agreement rule takes the same path
+    assert robust_labels(df, "Q3", rule="agreement", prerequisite_fraction=0.5).tolist()[::3] == [-1, -1]
+
+
+def test_prerequisite_errors_name_the_fix():
+    df = _tree_rows().drop(columns=["disk_edge_on_no_fraction"])
+    with pytest.raises(InputError, match=r"disk_edge_on_no_fraction.*prerequisite_fraction = 0"):
+        robust_labels(df, "Q3", prerequisite_fraction=0.5)
+    assert robust_labels(df, "Q3").tolist() == [0, 1, 0, 0]  # not needed without prerequisites
+    with pytest.raises(InputError, match=r"\[0, 1\)"):
+        robust_labels(_tree_rows(), "Q3", prerequisite_fraction=1.5)
+
+
+def test_prerequisites_on_real_stripe82(shared_data):
+    from morphtransfer.data.catalogs import load_catalog
+
+    path = shared_data / "gz2_stripe82" / "table5.csv.gz"
+    cat = load_catalog(path, "gz2")
+    raw = pd.read_csv(path)
+
+    def frac(cols, i):
+        n = raw[cols].sum(axis=1)
+        return raw[cols[i]] / n.where(n > 0, 1), n
+
+    f_feat, _ = frac(["t01_smooth_or_features_a01_smooth_count",
+                      "t01_smooth_or_features_a02_features_or_disk_count",
+                      "t01_smooth_or_features_a03_star_or_artifact_count"], 1)
+    f_noedge, _ = frac(["t02_edgeon_a04_yes_count", "t02_edgeon_a05_no_count"], 1)
+    f_bar, n_bar = frac(["t03_bar_a06_bar_count", "t03_bar_a07_no_bar_count"], 0)
+    on_path = (f_feat > 0.5) & (f_noedge > 0.5)
+    robust = n_bar >= 5
+    lab = robust_labels(cat, "Q3", prerequisite_fraction=0.5)
+    assert int((lab == 1).sum()) == int((robust & on_path & (f_bar > 0.7)).sum())
+    assert int((lab == 0).sum()) == int((robust & on_path & (1 - f_bar > 0.7)).sum())
+    # the path removes "not barred" galaxies (most volunteers never reached the bar question)
+    # and keeps nearly every robust bar
+    assert (lab == 0).sum() < 4039 and (lab == 1).sum() <= 861

@@ -324,6 +324,7 @@ def task_labels(catalog: pd.DataFrame, task: str, label_cfg: dict) -> pd.Series:
         rule=label_cfg.get("rule", "fraction"),
         p_threshold=float(label_cfg.get("p_threshold", 0.7)),
         min_votes=int(label_cfg.get("min_votes", 5)),
+        prerequisite_fraction=float(label_cfg.get("prerequisite_fraction", 0.0)),
     )
 
 

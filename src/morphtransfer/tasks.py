@@ -176,6 +176,7 @@ def robust_labels(
     p_threshold: float = 0.7,
     min_votes: int = 5,
     min_agreement: float = 0.5,
+    prerequisite_fraction: float | None = None,
 ) -> pd.Series:
     """Robust binary labels of one task: 1, 0, or -1 where the votes are not robust.
 
@@ -183,16 +184,33 @@ def robust_labels(
     the negative answer's fraction > p_threshold, with at least ``min_votes`` votes in the question.
     rule="agreement": the majority answer when a(p) >= min_agreement and votes >= min_votes, if that
     answer is the task's positive or negative one.
+
+    prerequisite_fraction: when set (> 0), a galaxy is labelled only if the volunteers took the
+    task's path through the decision tree: every prerequisite answer (Q2: featured_or_disk; Q3:
+    featured_or_disk and not edge-on) has a fraction above it. Without it, the few volunteers who
+    called an elliptical "featured" can make it a robust "not barred" (Q3 negatives then hold
+    ellipticals and edge-on disks, and a model scores by telling those from face-on disks). Galaxy
+    Zoo 2's own advice for such samples is a threshold on each step (Willett et al. 2013).
     """
     task = get_task(task) if isinstance(task, str) else task
     q = task.q
     needed = [q.fraction_column(a) for a in (task.positive, task.negative)] + [q.total_column]
+    prereq = bool(prerequisite_fraction) and task.prerequisites
+    if prereq:
+        needed += [QUESTIONS[qn].fraction_column(a) for qn, a in task.prerequisites]
     missing = [c for c in needed if c not in catalog.columns]
     if missing:
         raise InputError(
             f"catalogue lacks the vote columns {missing} needed for {task.name} ({task.title}); "
             "ingest it with a catalogue adapter (morphtransfer ingest --format ...) so that it has "
             "<question>_<answer>_fraction and <question>_total_votes columns"
+            + ("; or label without the decision-tree prerequisites ([labels] "
+               "prerequisite_fraction = 0)" if prereq else "")
+        )
+    if prerequisite_fraction is not None and not 0.0 <= float(prerequisite_fraction) < 1.0:
+        raise InputError(
+            f"prerequisite_fraction must be in [0, 1) (0 turns the prerequisites off), "
+            f"got {prerequisite_fraction!r}"
         )
     total = catalog[q.total_column].fillna(0).to_numpy()
     enough = total >= min_votes
@@ -217,6 +235,12 @@ def robust_labels(
                 labels[keep & (top == i)] = 0
     else:
         raise InputError(f"unknown robust-label rule {rule!r}; use 'fraction' or 'agreement'")
+    if prereq:
+        on_path = np.ones(len(catalog), dtype=bool)
+        for qn, a in task.prerequisites:
+            f = catalog[QUESTIONS[qn].fraction_column(a)].to_numpy(dtype="float64")
+            on_path &= np.nan_to_num(f, nan=0.0) > float(prerequisite_fraction)
+        labels[~on_path] = -1
     return pd.Series(labels, index=catalog.index, name=f"label_{task.name}")
 
 
