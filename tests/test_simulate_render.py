@@ -241,7 +241,11 @@ def test_arms_fade_with_inclination_and_are_clearer_in_des():
     }
     for s, v in vis.items():
         assert v[0] > v[1] > v[2] > 0, s  # foreshortened arms blur into the disk
-    assert all(d > 1.5 * s for d, s in zip(vis["des"], vis["sdss"]))
+    # DES is ~1.2 mag deeper (5 sigma, r) and sharper (1.07" vs 1.4"); with SDSS at its real
+    # depth (simulator version 4) its arms measure 1.39-1.60x more visible here (the contrast
+    # floor, not the sky, limits a bright galaxy's arms); versions 1-3, with SDSS 1.6x too
+    # noisy, gave more than 1.5x
+    assert all(d > 1.3 * s for d, s in zip(vis["des"], vis["sdss"]))
 
 
 def test_population_is_the_gz2_sample():

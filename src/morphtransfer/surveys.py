@@ -138,7 +138,14 @@ class Survey:
 
 # Sources:
 #  SDSS DR7: Abazajian et al. 2009 (ApJS 182, 543), Table 1: 0.396"/px; median PSF FWHM 1.4" in r;
-#    95% point-source completeness g 22.2, r 22.2, i 21.3 (~5 sigma, Stoughton et al. 2002).
+#    Depth: 5-sigma point-source limits of York et al. 2000 (AJ 120, 1579), g 23.3, r 23.1,
+#    i 22.3 in 1" seeing, brought to each band's median seeing (the noise model's n_eff grows as
+#    FWHM^2, so the limit brightens by 2.5 log10(FWHM / 1")): g 22.86, r 22.73, i 22.02. They
+#    agree within ~0.1-0.4 mag with the sky brightness below, the photometric zero points (a
+#    20th-magnitude star gives ~2,600 / 1,900 / 1,500 DN in 53.9 s in g / r / i) and gains (3.9 /
+#    4.7 / 4.9 e-/DN) of Stoughton et al. 2002. (Simulator versions 1-3 used DR7's 95%
+#    completeness limits, g 22.2, r 22.2, i 21.3, as if they were 5 sigma; a point source there
+#    has S/N ~8, so those images were ~1.6x too noisy.)
 #    Seeing is worse in g (~1.5") and better in i (~1.3"): Stoughton et al. 2002, Fig. 3 trend.
 #    Dark-sky brightness g 21.9, r 20.9, i 20.2 mag/arcsec^2: SDSS DR7 photometric-flag notes /
 #    Stoughton et al. 2002, sect. 4.5.
@@ -162,16 +169,16 @@ SURVEYS: dict[str, Survey] = {
         title="SDSS DR7",
         pixel_scale_arcsec=0.396,
         bands=(
-            Band("g", fwhm_arcsec=1.50, depth_mag=22.2, depth_sigma=5.0, sky_mag_arcsec2=21.9),
-            Band("r", fwhm_arcsec=1.40, depth_mag=22.2, depth_sigma=5.0, sky_mag_arcsec2=20.9),
-            Band("i", fwhm_arcsec=1.30, depth_mag=21.3, depth_sigma=5.0, sky_mag_arcsec2=20.2),
+            Band("g", fwhm_arcsec=1.50, depth_mag=22.86, depth_sigma=5.0, sky_mag_arcsec2=21.9),
+            Band("r", fwhm_arcsec=1.40, depth_mag=22.73, depth_sigma=5.0, sky_mag_arcsec2=20.9),
+            Band("i", fwhm_arcsec=1.30, depth_mag=22.02, depth_sigma=5.0, sky_mag_arcsec2=20.2),
         ),
         cutout_service="sdss_skyserver",
         votes_min=40,
         votes_max=40,
         image_product=ImageProduct(
-            kind="lupton", channels=("i", "r", "g"), band_scales=(0.8, 1.0, 0.6), Q=8.0,
-            stretch=0.8,
+            kind="lupton", channels=("i", "r", "g"), band_scales=(0.83, 1.0, 0.67), Q=17.7,
+            stretch=0.78,
         ),
     ),
     "des": Survey(
