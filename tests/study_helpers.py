@@ -36,18 +36,28 @@ def _votes(rng, truth_disk, truth_edge, truth_bar, n_votes, clarity):
     )
 
 
-def make_pair(root: Path, n: int = 400, seed: int = 0) -> tuple[Path, Path]:
+def make_pair(root: Path, n: int = 400, seed: int = 0, positions: bool = False,
+              target_id_prefix: str = "g") -> tuple[Path, Path]:
+    """``positions``: ra/dec columns (the same sky positions in both Stores, to ~0.1");
+    ``target_id_prefix``: another prefix names the target Store's galaxies differently, as two
+    real surveys' catalogues do."""
     rng = np.random.default_rng(seed)
     disk = rng.random(n) < 0.55
     edge = disk & (rng.random(n) < 0.3)
     bar = disk & ~edge & (rng.random(n) < 0.4)
-    ids = [f"g{i:05d}" for i in range(n)]
+    sky_rng = np.random.default_rng([seed, 1])  # apart from rng: the votes and images stay as they were
+    ra, dec = sky_rng.uniform(0, 20, n), sky_rng.uniform(-5, 5, n)
     paths = []
     for survey, n_votes, clarity, signal in (("sdss", 40, 0.88, 0.3), ("des", 20, 0.95, 0.6)):
+        prefix = "g" if survey == "sdss" else target_id_prefix
+        ids = [f"{prefix}{i:05d}" for i in range(n)]
         votes = _votes(rng, disk, edge, bar, n_votes, clarity)
+        sky = pd.DataFrame({"ra": ra + sky_rng.normal(0, 0.1 / 3600, n),
+                            "dec": dec + sky_rng.normal(0, 0.1 / 3600, n)}) if positions else None
         rows = pd.concat(
             [
                 pd.DataFrame({"id": ids, "survey": survey}),
+                sky,
                 votes,
                 pd.DataFrame({"true_disk": disk, "true_edge_on": edge, "true_bar": bar}),
             ],

@@ -537,3 +537,47 @@ def test_target_votes_default_follows_the_data_and_a_run_folder_keeps_its_labell
     n_before = len(eng.trained)
     study.run_study(out=own, source=pair[0], target=pair[1], config=tiny_config(), progress=False, report=False)
     assert len(eng.trained) == n_before  # everything was finished: nothing retrained
+
+
+def test_0t_matches_the_target_test_galaxies_by_position_when_the_stores_name_them_differently(
+        tmp_path, monkeypatch):
+    """Two real Stores of the same galaxies (SDSS objIDs, DES coadd ids): (0t) finds each DES test
+    galaxy's SDSS image within 1 arcsec, scores it under the DES id with the DES test label, and
+    the SDSS model never trained on any of them. Without positions there is nothing to pair."""
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    src, tgt = make_pair(tmp_path / "data", n=400, positions=True, target_id_prefix="des")
+    cfg = tiny_config(sweep={"n_train": [], "seeds": []})
+    cfg["study"]["seeds"] = [0]
+    cfg["labels"]["target_votes"] = "target"
+    out = tmp_path / "run"
+    res = study.run_study(out=out, source=src, target=tgt, config=cfg, progress=False, report=False)
+    assert sorted(e.key for e in res.experiments if e.name == "0t") == ["Q1/0t", "Q2/0t", "Q3/0t"]
+    preds = pd.read_parquet(out / "predictions.parquet")
+    splits = pd.read_parquet(out / "splits.parquet")
+    for task in ("Q1", "Q2", "Q3"):
+        pt = preds[preds["task"] == task]
+        p0t, pa = (pt[pt["experiment"] == e].set_index("id") for e in ("0t", "a"))
+        assert len(p0t) == len(pa) > 0 and set(p0t.index) == set(pa.index)
+        assert all(i.startswith("des") for i in p0t.index)
+        assert (p0t.loc[pa.index, "label"] == pa["label"]).all()
+        assert set(p0t["survey"]) == {"sdss"}
+        # the SDSS galaxies it scored (g<n> for des<n>) were not in the SDSS model's training set
+        train = set(splits[(splits["task"] == task) & (splits["role"] == "source_train")]["id"])
+        assert not {"g" + i[3:] for i in p0t.index} & train
+    # the FakeEngine scores from the labels it is given: (0t) got the DES test labels, in order
+    assert eng.predicted == len(res.experiments)
+
+    src2, tgt2 = make_pair(tmp_path / "data2", n=400, positions=False, target_id_prefix="des")
+    res2 = study.run_study(out=tmp_path / "run2", source=src2, target=tgt2, config=cfg,
+                           progress=False, report=False)
+    assert not [e for e in res2.experiments if e.name == "0t"]
+
+
+def test_paired_source_ids_same_id_first_then_position():
+    tgt = pd.DataFrame({"id": ["a", "x", "y", "z"], "ra": [1.0, 2.0, 3.0, np.nan],
+                        "dec": [0.0, 0.0, 0.0, 0.0]})
+    src = pd.DataFrame({"id": ["a", "s2", "s3"], "ra": [5.0, 2.0 + 0.5 / 3600, 3.0 + 2.0 / 3600],
+                        "dec": [0.0, 0.0, 0.0]})
+    # a: same id (although its position differs); x: 0.5" away; y: 2" away (too far); z: no position
+    assert list(study.paired_source_ids(["a", "x", "y", "z"], tgt, src)) == ["a", "s2", "", ""]

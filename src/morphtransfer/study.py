@@ -231,7 +231,8 @@ def plan_experiments(
     b and c of seed s start from source model ``source_seeds[s % len(source_seeds)]``, so their
     spread over seeds includes the source model's own training noise.
     ``pool_sizes[task]`` caps n_train at the robust target galaxies available.
-    ``paired``: the source Store holds every target test galaxy (same id), so 0t is run too.
+    ``paired``: the source Store holds every target test galaxy (same id, or a galaxy within
+    ``MATCH_RADIUS_ARCSEC`` of its position), so 0t is run too.
     """
     notes: list[str] = []
     out: list[Experiment] = []
@@ -478,6 +479,24 @@ def _nearest_within(rows: pd.DataFrame, others: pd.DataFrame,
 def _within(rows: pd.DataFrame, others: pd.DataFrame, radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> np.ndarray:
     """Which of ``rows`` lie within ``radius_arcsec`` of any of ``others`` (False without ra/dec)."""
     return _nearest_within(rows, others, radius_arcsec) >= 0
+
+
+def paired_source_ids(target_ids, target_catalog: pd.DataFrame, source_catalog: pd.DataFrame) -> np.ndarray:
+    """The source Store's id of each target galaxy: the same id where the source Store has it,
+    else the source galaxy within ``MATCH_RADIUS_ARCSEC`` of its position (two real Stores of the
+    same galaxies need not share ids); "" where neither finds one."""
+    ids = pd.Index(pd.Series(target_ids).astype(str))
+    src_ids = source_catalog["id"].astype(str)
+    out = np.where(ids.isin(src_ids), ids.to_numpy(dtype=object), "").astype(object)
+    missing = np.flatnonzero(out == "")
+    if len(missing):
+        tgt = target_catalog.assign(id=target_catalog["id"].astype(str)).drop_duplicates("id").set_index("id")
+        have = ids[missing].isin(tgt.index)
+        rows = tgt.reindex(ids[missing][have]).reset_index()
+        j = _nearest_within(rows, source_catalog.reset_index(drop=True))
+        found = missing[have][j >= 0]
+        out[found] = src_ids.to_numpy(dtype=object)[j[j >= 0]]
+    return out.astype(str)
 
 
 def _role_frame(ids, labels, survey, role) -> pd.DataFrame:
@@ -944,10 +963,10 @@ def run_study(
         os.replace(tmp, paths.splits)
 
     pool_sizes = {t: len(rows_of(splits, t, "target_pool")) for t in tasks} if tgt_store else None
-    # (0t) where the source Store holds every target test galaxy under the same id
-    target_test_ids = splits.loc[splits["role"] == "target_test", "id"]
+    # (0t) where the source Store holds every target test galaxy (same id, or same position)
+    target_test_ids = splits.loc[splits["role"] == "target_test", "id"].drop_duplicates()
     paired = bool(tgt_store is not None and len(target_test_ids)
-                  and target_test_ids.isin(src_cat["id"].astype(str)).all())
+                  and (paired_source_ids(target_test_ids, tgt_cat, src_cat) != "").all())
     experiments, plan_notes = plan_experiments(cfg, tasks, tgt_store is not None, pool_sizes, paired)
     notes += plan_notes
     n_test = {
@@ -1162,7 +1181,18 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
             f"{test_store.survey or exp.test_on} galaxies [{eta}]",
             highlight=False,
         )
-    test_rows = _labelled(test_store, test)
+    if exp.test_on == "paired":
+        # the target test galaxies' own source images: under their source ids, which can differ
+        src_ids = paired_source_ids(test["id"], tgt_store.catalog, src_store.catalog)
+        if (src_ids == "").any():
+            raise InputError(f"{exp.key}: {int((src_ids == '').sum())} target test galaxies have no "
+                             f"counterpart in Store {src_store.path}; the Stores changed since the plan")
+        assert_disjoint(rows_of(splits, exp.task, "source_train")["id"], src_ids,
+                        f"experiment {exp.key} (source images of the target test galaxies)")
+        test_rows = _labelled(test_store, test.assign(id=src_ids))
+        test_rows["id"] = test["id"].astype(str).to_numpy()  # named as in (a)-(d): the same galaxies
+    else:
+        test_rows = _labelled(test_store, test)
     p = np.asarray(engine.predict_store(model, test_store, rows=test_rows), dtype="float64")
     if p.shape != (len(test_rows),):
         raise RuntimeError(f"predict_store returned {p.shape} for {len(test_rows)} test galaxies")
