@@ -11,10 +11,8 @@ $(BIN)/morphtransfer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned: its CPU wheel is on disk; a bare `torch` would fetch CUDA wheels.
-	# --no-compile: pip byte-compiles every file of every package (torch, ray: ~48 s of the
-	# 78 s build on 2 cores); Python compiles and caches only what a run imports, on first use.
-	$(BIN)/python -m pip install --no-compile "torch==2.13.0"
-	$(BIN)/python -m pip install --no-compile -e ".[test]"
+	$(BIN)/python -m pip install "torch==2.13.0"
+	$(BIN)/python -m pip install -e ".[test]"
 	touch $(BIN)/morphtransfer
 
 $(VENV): $(BIN)/morphtransfer
