@@ -5,7 +5,7 @@ maximum), simple statistics of real SDSS SkyServer JPEGs (../shared/data/sdss_gz
 statistics of simulated SDSS galaxies rendered through ``Survey.image_product`` (or a candidate
 product given on the command line, for the calibration grid). Prints JSON.
 
-    python benchmarks/image_product_calibration.py [--n 300] [--real 1000] [--fit]
+    python benchmarks/image_product_calibration.py [--n 300] [--real 1000] [--fit] [--framing gz1]
 
 Statistics per band (g, r, i): median background level and noise in the outer 6-pixel frame,
 number of pixels above 0.95 (saturated core), above 0.5 and above 0.1 of the band's maximum, and
@@ -20,9 +20,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import math
+
 import numpy as np
 
 from morphtransfer.data.preprocess import preprocess_cutout
+from morphtransfer.simulate import population
 from morphtransfer.data.readers import composite_channels, read_composite
 from morphtransfer.simulate.population import draw_galaxy, galaxy_rng
 from morphtransfer.simulate.render import add_noise, observe, serve_survey
@@ -58,14 +61,33 @@ def real_stats(n: int) -> dict | None:
     return image_stats(np.stack(imgs))
 
 
-def simulated_models(n: int, seed: int = 7):
-    """Noise-free SDSS stamps of n simulated galaxies (with their geometry and R90)."""
+def petrosian_radius_arcsec(g) -> float:
+    """The galaxy's Petrosian radius (ratio 0.2, the SDSS definition), from its components."""
+    if g.disk:
+        comps = [(1 - g.bulge_to_total, 1.0, g.disk_hlr_arcsec)]
+        if g.bulge_to_total > 0:
+            comps.append((g.bulge_to_total, g.sersic_n, g.sersic_hlr_arcsec))
+    else:
+        comps = [(1.0, g.sersic_n, g.sersic_hlr_arcsec)]
+    r = population._R_GRID * max(re for _, _, re in comps)
+    enc = sum(w * population._enclosed(r, n, re) for w, n, re in comps)
+    sb = sum(w * population._sb(r, n, re) for w, n, re in comps)
+    return float(r[int(np.argmax(sb / (enc / (math.pi * r * r)) < 0.2))])
+
+
+def simulated_models(n: int, seed: int = 7, framing: str = "r90"):
+    """Noise-free SDSS stamps of n simulated galaxies (with their geometry and frame side in R90).
+
+    ``framing``: "r90", the study's crop of 10 x R90; "gz1", Galaxy Zoo 1's cutouts if their 423
+    pixels of 0.024 x R_P arcsec used the Petrosian radius R_P (10.15 x R_P, 7.7 x R90 in the
+    median): which of the two the real JPEGs have is not known here."""
     sv = get_survey("sdss")
     out = []
     for i in range(n):
         g = draw_galaxy(seed, i)
-        obs = observe(g, sv, galaxy_rng(seed, i, 1), keep_stamps=True)
-        out.append((obs.models, obs.geometry, g.r90_arcsec))
+        side = 10.0 if framing == "r90" else 423 * 0.024 * petrosian_radius_arcsec(g) / g.r90_arcsec
+        obs = observe(g, sv, galaxy_rng(seed, i, 1), keep_stamps=True, cutout_r90=side)
+        out.append((obs.models, obs.geometry, g.r90_arcsec, side))
     return out
 
 
@@ -75,12 +97,12 @@ def simulated_stats(models, product, seed: int = 11) -> dict:
     bands = sv.band_names
     rng = np.random.default_rng(seed)
     imgs = []
-    for m, geom, r90 in models:
+    for m, geom, r90, side in models:
         if product is None:
             served = add_noise(m, sv, bands, geom.binning, rng)
         else:
             served = serve_survey(m, sv, bands, geom.binning, rng, product)
-        imgs.append(preprocess_cutout(served, geom.pixel_scale_arcsec, r90))
+        imgs.append(preprocess_cutout(served, geom.pixel_scale_arcsec, r90, crop_factor=side))
     return image_stats(np.stack(imgs))
 
 
@@ -99,14 +121,18 @@ def main(argv=None) -> int:
     ap.add_argument("--real", type=int, default=1000, help="real SkyServer JPEGs")
     ap.add_argument("--fit", action="store_true",
                     help="fit stretch, Q and the g and i band scales (Nelder-Mead, r scale 1)")
+    ap.add_argument("--framing", choices=("r90", "gz1"), default="r90",
+                    help="crop the simulated galaxies as the study does (10 x R90) or as GZ1 may "
+                         "have (10.15 x the Petrosian radius)")
     args = ap.parse_args(argv)
     real = real_stats(args.real)
     if real is None:
         print(json.dumps({"skipped": f"no real SDSS JPEGs at {REAL}"}))
         return 0
-    models = simulated_models(args.n)
+    models = simulated_models(args.n, framing=args.framing)
     product = get_survey("sdss").image_product
-    result = {"real_sdss_skyserver": real}
+    result = {"real_sdss_skyserver": real, "framing": args.framing,
+              "frame_side_r90_median": round(float(np.median([m[3] for m in models])), 2)}
     if args.fit:
         from scipy.optimize import minimize
 
