@@ -20,14 +20,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import math
-
 import numpy as np
 
 from morphtransfer.data.preprocess import preprocess_cutout
-from morphtransfer.simulate import population
 from morphtransfer.data.readers import composite_channels, read_composite
-from morphtransfer.simulate.population import draw_galaxy, galaxy_rng
+from morphtransfer.simulate.population import draw_galaxy, galaxy_rng, petrosian_radius
 from morphtransfer.simulate.render import add_noise, observe, serve_survey
 from morphtransfer.surveys import get_survey
 
@@ -63,16 +60,12 @@ def real_stats(n: int) -> dict | None:
 
 def petrosian_radius_arcsec(g) -> float:
     """The galaxy's Petrosian radius (ratio 0.2, the SDSS definition), from its components."""
-    if g.disk:
-        comps = [(1 - g.bulge_to_total, 1.0, g.disk_hlr_arcsec)]
-        if g.bulge_to_total > 0:
-            comps.append((g.bulge_to_total, g.sersic_n, g.sersic_hlr_arcsec))
-    else:
-        comps = [(1.0, g.sersic_n, g.sersic_hlr_arcsec)]
-    r = population._R_GRID * max(re for _, _, re in comps)
-    enc = sum(w * population._enclosed(r, n, re) for w, n, re in comps)
-    sb = sum(w * population._sb(r, n, re) for w, n, re in comps)
-    return float(r[int(np.argmax(sb / (enc / (math.pi * r * r)) < 0.2))])
+    if not g.disk:
+        return petrosian_radius([(1.0, g.sersic_n, g.sersic_hlr_arcsec)])
+    comps = [(1 - g.bulge_to_total, 1.0, g.disk_hlr_arcsec)]
+    if g.bulge_to_total > 0:
+        comps.append((g.bulge_to_total, g.sersic_n, g.sersic_hlr_arcsec))
+    return petrosian_radius(comps)
 
 
 def simulated_models(n: int, seed: int = 7, framing: str = "r90"):

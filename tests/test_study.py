@@ -565,7 +565,7 @@ def test_0t_matches_the_target_test_galaxies_by_position_when_the_stores_name_th
         # the SDSS galaxies it scored (g<n> for des<n>) were not in the SDSS model's training set
         train = set(splits[(splits["task"] == task) & (splits["role"] == "source_train")]["id"])
         assert not {"g" + i[3:] for i in p0t.index} & train
-    # the FakeEngine scores from the labels it is given: (0t) got the DES test labels, in order
+    # every planned experiment, the three (0t) included, was scored once
     assert eng.predicted == len(res.experiments)
 
     src2, tgt2 = make_pair(tmp_path / "data2", n=400, positions=False, target_id_prefix="des")

@@ -442,14 +442,22 @@ def target_labels(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: pd.Series, task
 
 def _source_labels_for(tgt: pd.DataFrame, src: pd.DataFrame, src_lab: np.ndarray) -> np.ndarray:
     """The source survey's robust label of each target galaxy (-1 where it has none)."""
-    by_id = pd.Series(src_lab, index=pd.Index(src["id"].astype(str)))  # Store ids are unique
-    out = by_id.reindex(tgt["id"].astype(str)).fillna(-1).to_numpy(dtype="int64")
-    unmatched = np.flatnonzero(~tgt["id"].astype(str).isin(by_id.index).to_numpy())
+    j = _source_index(tgt, src)
+    out = np.full(len(j), -1, dtype="int8")
+    out[j >= 0] = np.asarray(src_lab)[j[j >= 0]]
+    return out
+
+
+def _source_index(rows: pd.DataFrame, src: pd.DataFrame) -> np.ndarray:
+    """Position in ``src`` of each row's galaxy: the same id, else (two real Stores name the same
+    galaxy differently) the source galaxy within ``MATCH_RADIUS_ARCSEC`` of its position; -1
+    where neither finds one."""
+    by_id = pd.Series(np.arange(len(src)), index=pd.Index(src["id"].astype(str)))  # Store ids are unique
+    j = by_id.reindex(rows["id"].astype(str)).fillna(-1).to_numpy(dtype="int64")
+    unmatched = np.flatnonzero(j < 0)
     if len(unmatched):
-        # two real Stores name the same galaxy differently: match positions
-        j = _nearest_within(tgt.iloc[unmatched], src)
-        out[unmatched[j >= 0]] = src_lab[j[j >= 0]]
-    return out.astype("int8")
+        j[unmatched] = _nearest_within(rows.iloc[unmatched], src)
+    return j
 
 
 def _nearest_within(rows: pd.DataFrame, others: pd.DataFrame,
@@ -482,20 +490,14 @@ def _within(rows: pd.DataFrame, others: pd.DataFrame, radius_arcsec: float = MAT
 
 
 def paired_source_ids(target_ids, target_catalog: pd.DataFrame, source_catalog: pd.DataFrame) -> np.ndarray:
-    """The source Store's id of each target galaxy: the same id where the source Store has it,
-    else the source galaxy within ``MATCH_RADIUS_ARCSEC`` of its position (two real Stores of the
-    same galaxies need not share ids); "" where neither finds one."""
-    ids = pd.Index(pd.Series(target_ids).astype(str))
-    src_ids = source_catalog["id"].astype(str)
-    out = np.where(ids.isin(src_ids), ids.to_numpy(dtype=object), "").astype(object)
-    missing = np.flatnonzero(out == "")
-    if len(missing):
-        tgt = target_catalog.assign(id=target_catalog["id"].astype(str)).drop_duplicates("id").set_index("id")
-        have = ids[missing].isin(tgt.index)
-        rows = tgt.reindex(ids[missing][have]).reset_index()
-        j = _nearest_within(rows, source_catalog.reset_index(drop=True))
-        found = missing[have][j >= 0]
-        out[found] = src_ids.to_numpy(dtype=object)[j[j >= 0]]
+    """The source Store's id of each target galaxy (``_source_index``: same id, else within
+    ``MATCH_RADIUS_ARCSEC`` of its position in ``target_catalog``); "" where neither finds one."""
+    ids = pd.Index(pd.Series(target_ids).astype(str), name="id")
+    rows = (target_catalog.assign(id=target_catalog["id"].astype(str)).drop_duplicates("id")
+            .set_index("id").reindex(ids).reset_index())
+    j = _source_index(rows, source_catalog)
+    out = np.full(len(j), "", dtype=object)
+    out[j >= 0] = source_catalog["id"].astype(str).to_numpy(dtype=object)[j[j >= 0]]
     return out.astype(str)
 
 

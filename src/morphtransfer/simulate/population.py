@@ -285,19 +285,30 @@ def _sb(r, n, re):
     return norm * np.exp(-b * (r / re) ** (1.0 / n))
 
 
-def petrosian_quantities(components: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-    """(Petrosian flux fraction, R50, R90) of a circular profile made of Sersic components
-    (weight, n, half-light radius), with the SDSS definition: Petrosian ratio 0.2, flux within
-    2 Petrosian radii, R50/R90 enclosing 50/90% of that flux (Blanton et al. 2001)."""
+def _petrosian_profile(components: list[tuple[float, float, float]]):
+    """(radii, enclosed light, Petrosian radius) of a circular profile of Sersic components
+    (weight, n, half-light radius); Petrosian ratio 0.2, the SDSS definition."""
     scale = max(re for _, _, re in components)
     r = _R_GRID * scale
     enc = sum(w * _enclosed(r, n, re) for w, n, re in components)
     sb = sum(w * _sb(r, n, re) for w, n, re in components)
-    mean_sb = enc / (math.pi * r * r)
-    ratio = sb / mean_sb
+    ratio = sb / (enc / (math.pi * r * r))
     # first radius where the ratio falls below 0.2 (ratio decreases outward)
     k = int(np.argmax(ratio < 0.2)) if (ratio < 0.2).any() else len(r) - 1
-    r_p = r[k]
+    return r, enc, float(r[k])
+
+
+def petrosian_radius(components: list[tuple[float, float, float]]) -> float:
+    """The Petrosian radius (ratio 0.2) of a circular profile of Sersic components
+    (weight, n, half-light radius), in the half-light radii's unit."""
+    return _petrosian_profile(components)[2]
+
+
+def petrosian_quantities(components: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """(Petrosian flux fraction, R50, R90) of a circular profile made of Sersic components
+    (weight, n, half-light radius), with the SDSS definition: Petrosian ratio 0.2, flux within
+    2 Petrosian radii, R50/R90 enclosing 50/90% of that flux (Blanton et al. 2001)."""
+    r, enc, r_p = _petrosian_profile(components)
     f_p = float(np.interp(2 * r_p, r, enc))
     r50 = float(np.interp(0.5 * f_p, enc, r))
     r90 = float(np.interp(0.9 * f_p, enc, r))
