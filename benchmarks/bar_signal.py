@@ -34,9 +34,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from morphtransfer.data.preprocess import preprocess_cutout
-from morphtransfer.simulate.pipeline import simulate_galaxy, survey_stream
+from morphtransfer.simulate.pipeline import survey_stream, volunteer_counts
 from morphtransfer.simulate.population import MAG_MAIN_SAMPLE_LIMIT, draw_galaxy, galaxy_rng
 from morphtransfer.simulate.render import CUTOUT_R90, observe
+from morphtransfer.simulate.volunteers import VolunteerModel
 from morphtransfer.surveys import get_survey
 
 EDGES = (0.0, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0, 11.0, 15.0)  # annuli, in 69-pixel input pixels
@@ -78,9 +79,9 @@ def measure(survey_name: str, n: int, max_incl: float, seed: int) -> dict:
             continue
         # the same random streams as the simulated Store: these are the images and votes it holds
         obs = observe(g, sv, galaxy_rng(seed, index - 1, survey_stream(sv.name)), keep_stamps=True)
-        row, _ = simulate_galaxy(seed, index - 1, (sv.name,))[sv.name]
-        asked = row["bar_yes_count"] + row["bar_no_count"]
-        votes.append(row["bar_yes_count"] / asked if asked else 0.0)
+        counts = volunteer_counts(obs, sv, seed, index - 1, VolunteerModel())
+        yes, no = int(counts["bar_yes_count"][0]), int(counts["bar_no_count"][0])
+        votes.append(yes / (yes + no) if yes + no else 0.0)
         truth.append(int(g.bar))
         scale, r90 = obs.geometry.pixel_scale_arcsec, g.r90_arcsec
 

@@ -76,13 +76,7 @@ def simulate_galaxy(
         sv = get_survey(name)
         stream = survey_stream(sv.name)
         obs = observe(g, sv, galaxy_rng(seed, index, stream), max_pixels=max_pixels)
-        vrng = galaxy_rng(seed, index, stream + 1_000_000)
-        n_votes = draw_n_votes(sv.votes_min, sv.votes_max, vrng)
-        vis = obs.visibility
-        probs = vote_probabilities(
-            vis["vis_arms"], vis["vis_bar"], vis["vis_axis_ratio"], model, rng=vrng
-        )
-        counts = draw_votes(probs, n_votes, model, vrng)
+        counts = volunteer_counts(obs, sv, seed, index, model)
         row = {
             "id": g.id,
             "ra": g.ra,
@@ -98,6 +92,16 @@ def simulate_galaxy(
         row.update(truth)
         out[sv.name] = (row, obs.images)
     return out
+
+
+def volunteer_counts(obs, survey, seed: int, index: int, model: VolunteerModel) -> dict:
+    """The volunteers' vote counts for galaxy ``index`` as ``survey`` showed it (``obs``), from
+    the galaxy's own volunteer random stream: {"<question>_<answer>_count": array of 1}."""
+    vrng = galaxy_rng(seed, index, survey_stream(survey.name) + 1_000_000)
+    n_votes = draw_n_votes(survey.votes_min, survey.votes_max, vrng)
+    vis = obs.visibility
+    probs = vote_probabilities(vis["vis_arms"], vis["vis_bar"], vis["vis_axis_ratio"], model, rng=vrng)
+    return draw_votes(probs, n_votes, model, vrng)
 
 
 def _render_batch(job):
