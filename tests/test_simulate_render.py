@@ -226,7 +226,9 @@ def test_bad_parameters_raise_input_error():
 def test_votes_follow_the_decision_tree():
     m = VolunteerModel()
     rng = np.random.default_rng(0)
-    p = vote_probabilities(np.full(200, 20.0), np.full(200, 20.0), np.full(200, 0.8), m, rng)
+    # arms and bar ~6x their half-notice visibilities (as version 4's 20 against 3.2 and 3.5)
+    p = vote_probabilities(np.full(200, 20.0), np.full(200, 6 * m.bar_vis50), np.full(200, 0.8),
+                           m, rng)
     c = draw_votes(p, np.full(200, 40), m, rng)
     total = c["smooth_or_featured_smooth_count"] + c["smooth_or_featured_featured_or_disk_count"]
     total += c["smooth_or_featured_artifact_count"]

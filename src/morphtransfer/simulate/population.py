@@ -62,6 +62,19 @@ DISK_FRACTION = 0.39
 # Optical bar fraction of disks ~30-50% (e.g. Masters et al. 2011, GZ2: ~30% of disks); bars
 # strong enough for volunteers are rarer, which the strength distribution below provides.
 BAR_FRACTION = 0.35
+# Bar light and length (simulator version 5). The bar's share of the light spans the range of
+# photometric decompositions, ~1-40% (Reese et al. 2007, AJ 133, 2846): 5-35% here (mean 0.15).
+# Its length a (``bar_length_arcsec``; render.bar_profile is flat to ~0.75 a and gone by ~a) is
+# 0.7-1.8 disk half-light radii, so the flat part ends at 0.9-2.3 disk scale lengths h (mean
+# 1.6 h), as the bars of S0-Sb galaxies, 0.5-2.5 h, mean 1.4 h (Erwin 2005, MNRAS 364, 283),
+# which hold most of GZ2's strong bars. Against real SDSS spirals (benchmarks/bar_signal.py
+# --real: inner m = 2 amplitude of face-on disks in the served r band, upper quartile / 90th
+# percentile) version 4's weaker, shorter bars (3-20%, 0.5-1.3 hlr) gave 0.082 / 0.139 where the
+# real JPEGs give 0.117 / 0.172; these give 0.103 / 0.164. Bulge and bar together leave the disk
+# at least 15% of the light.
+BAR_STRENGTH_MIN, BAR_STRENGTH_SPAN = 0.05, 0.30
+BAR_REL_LENGTH = (0.7, 1.8)
+BAR_PLUS_BULGE_MAX = 0.85
 # Disks with spiral arms (the rest are lenticular-like, arm-less).
 ARMS_FRACTION = 0.75
 # Elongated smooth galaxies ("cigars", GZ2 T07 answer): observed axis ratios of ellipticals rarely
@@ -411,8 +424,9 @@ def _draw_one(rng: np.random.Generator, index: int) -> Galaxy:
     pitch = float(rng.uniform(10, 35)) if has_arms else float("nan")
     clump = float(rng.uniform(0.0, 0.08)) if has_arms else 0.0
     has_bar = bool(rng.uniform() < BAR_FRACTION)
-    bar_strength = float(0.03 + 0.17 * rng.beta(1.3, 2.5)) if has_bar else 0.0
-    bar_rel = float(rng.uniform(0.5, 1.3)) if has_bar else 0.0  # bar semi-major / disk hlr
+    bar_strength = min(float(BAR_STRENGTH_MIN + BAR_STRENGTH_SPAN * rng.beta(1.3, 2.5)),
+                       BAR_PLUS_BULGE_MAX - bt) if has_bar else 0.0
+    bar_rel = float(rng.uniform(*BAR_REL_LENGTH)) if has_bar else 0.0  # box length / disk hlr
     bar_q = float(rng.uniform(0.2, 0.4)) if has_bar else 1.0
     bar_angle = float(rng.uniform(0, 180)) if has_bar else 0.0
     # Knots: arms (continuous chains) then clumps (scattered, exponentially distributed radii)
