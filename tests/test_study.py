@@ -302,6 +302,22 @@ def test_small_samples_get_at_least_min_steps(monkeypatch):
     assert study.make_recipe(cfg, "target", 300, 3, "Q1")["seed"] == 3
 
 
+def test_max_epochs_per_task(monkeypatch):
+    monkeypatch.setattr(study, "_engine", lambda: FakeEngine())
+    cfg = tiny_config()
+    cfg["recipe"]["source"] = {"max_epochs": {"Q1": 10, "Q3": 6}, "batch_size": 30}
+    epochs = [study.make_recipe(cfg, "source", 3000, 0, t)["max_epochs"] for t in ("Q1", "Q2", "Q3")]
+    assert epochs == [10, 50, 6]  # a task not in the table: 50, the engine's default
+    # min_steps still raises a per-task value (50 galaxies: 2 steps per epoch -> 30 epochs)
+    cfg["recipe"]["target"] = {"max_epochs": {"Q3": 4}, "min_steps": 60, "batch_size": 30}
+    assert study.make_recipe(cfg, "target", 50, 0, "Q3")["max_epochs"] == 30
+    assert study.make_recipe(cfg, "target", 300, 0, "Q3")["max_epochs"] == 7
+    # and the quick preset uses it for the SDSS bar model
+    quick = study.load_config("quick")
+    assert study.make_recipe(quick, "source", 3000, 0, "Q3")["max_epochs"] == 6
+    assert study.make_recipe(quick, "source", 1000, 0, "Q1")["max_epochs"] == 10
+
+
 def test_fine_tunes_get_their_own_learning_rate_and_scratch_keeps_the_base_one(pair, tmp_path, monkeypatch):
     eng = FakeEngine()
     monkeypatch.setattr(study, "_engine", lambda: eng)

@@ -640,7 +640,7 @@ def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_
     ft_lr = _for_task(section.pop("fine_tune_learning_rate", None), task)  # unnamed: learning_rate
     if fine_tune and ft_lr is not None:
         section["learning_rate"] = float(ft_lr)
-    section["max_epochs"] = _epochs(cfg, which, n_train)
+    section["max_epochs"] = _epochs(cfg, which, n_train, task)
     if min_steps:
         section["min_steps"] = min_steps
     section["seed"] = int(seed)
@@ -770,9 +770,11 @@ def _rates(cfg: dict) -> tuple[float, float, float]:
 FIT_OVERHEAD_S = 2.0
 
 
-def _epochs(cfg: dict, which: str, n_train: int) -> int:
+def _epochs(cfg: dict, which: str, n_train: int, task: str) -> int:
+    """Epochs of one training: ``max_epochs`` (one value, or a table per task, a task not named
+    taking 50), raised so that small samples get ``min_steps`` optimiser steps."""
     r = cfg["recipe"].get(which, {})
-    epochs = int(r.get("max_epochs", 50))
+    epochs = int(_for_task(r.get("max_epochs", 50), task, 50))
     min_steps = int(r.get("min_steps", 0))
     if min_steps and n_train:
         steps = max(1, math.ceil(n_train * (1 - float(r.get("val_fraction", 0.1))) / int(r.get("batch_size", 30))))
@@ -789,11 +791,12 @@ def job_seconds(cfg: dict, job, n_test: int) -> float:
     _, train_rate, pred_rate = _rates(cfg)
     if isinstance(job, SourceJob):
         n = _per_task(cfg["source"]["n_train"], job.task, "[source] n_train")
-        return FIT_OVERHEAD_S + n * _epochs(cfg, "source", n) / train_rate
+        return FIT_OVERHEAD_S + n * _epochs(cfg, "source", n, job.task) / train_rate
     sec = n_test / pred_rate + 1.0
     if job.trains:
         factor = 0.55 if job.trainable == "head" else 1.0
-        sec += FIT_OVERHEAD_S + job.n_train * _epochs(cfg, "target", job.n_train) * factor / train_rate
+        sec += (FIT_OVERHEAD_S
+                + job.n_train * _epochs(cfg, "target", job.n_train, job.task) * factor / train_rate)
     return sec
 
 
