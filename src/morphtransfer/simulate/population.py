@@ -426,7 +426,7 @@ def _draw_one(rng: np.random.Generator, index: int) -> Galaxy:
     has_bar = bool(rng.uniform() < BAR_FRACTION)
     bar_strength = min(float(BAR_STRENGTH_MIN + BAR_STRENGTH_SPAN * rng.beta(1.3, 2.5)),
                        BAR_PLUS_BULGE_MAX - bt) if has_bar else 0.0
-    bar_rel = float(rng.uniform(*BAR_REL_LENGTH)) if has_bar else 0.0  # box length / disk hlr
+    bar_rel = float(rng.uniform(*BAR_REL_LENGTH)) if has_bar else 0.0  # bar length a / disk hlr
     bar_q = float(rng.uniform(0.2, 0.4)) if has_bar else 1.0
     bar_angle = float(rng.uniform(0, 180)) if has_bar else 0.0
     # Knots: arms (continuous chains) then clumps (scattered, exponentially distributed radii)

@@ -44,8 +44,9 @@ class VolunteerModel:
     arms_vis50: float = 3.2  # visibility at which half the volunteers notice the arms
     arms_width: float = 0.45  # logistic width in ln(visibility)
     # bar thresholds x3 in simulator version 5, whose bars are ~1.8x stronger and ~1.4x longer:
-    # it keeps the robust-barred rate (SDSS 0.020, DES 0.025 of all on 6,000 galaxies; v4 0.021 /
-    # 0.026), so the volunteers' robust bars are now the stronger part of a stronger population
+    # it keeps the robust-barred rate near the study's 0.020 (`simulate --n 3000`: SDSS 0.016, DES
+    # 0.020 of all; version 4 0.021 / 0.026), so the volunteers' robust bars are the stronger part
+    # of a stronger population
     bar_feature_vis50: float = 15.0
     bar_feature_width: float = 0.45
     thin_q50: float = 0.42  # apparent axis ratio at which half call the galaxy a (thin) disk
