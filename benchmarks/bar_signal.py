@@ -128,17 +128,13 @@ def real_comparison(n: int, seed: int, outer_max: float = 0.2) -> dict:
     """Inner m = 2 amplitude of face-on-looking disks, real GZ1 spirals vs simulated SDSS disks."""
     import pandas as pd
 
-    from image_product_calibration import REAL, petrosian_radius_arcsec
-    from morphtransfer.data.readers import composite_channels, read_composite
+    from image_product_calibration import REAL, gz1_frame_r90, real_input
 
     labels = REAL.parent / "labels.csv"
     if not labels.exists():
         return {"skipped": f"no real SDSS JPEGs at {REAL.parent}"}
     spirals = pd.read_csv(labels).query("gz1_class in (1, 2)").file[:n]
-    real = []
-    for f in spirals:
-        img = read_composite(REAL.parent / f, composite_channels("sdss"), ("g", "r", "i")).data
-        real.append(inner_outer(preprocess_cutout(img)[1]))
+    real = [inner_outer(real_input(REAL.parent / f)[1]) for f in spirals]
     sv = get_survey("sdss")
     sim, bars, index = [], [], 0
     while len(sim) < len(real):
@@ -147,7 +143,7 @@ def real_comparison(n: int, seed: int, outer_max: float = 0.2) -> dict:
         if (not g.disk or g.inclination_deg > 60 or g.n_arms == 0
                 or g.mag_r > MAG_MAIN_SAMPLE_LIMIT):
             continue
-        side = 423 * 0.024 * petrosian_radius_arcsec(g) / g.r90_arcsec
+        side = gz1_frame_r90(g)
         # the served SkyServer product, preprocessed as the real JPEGs (r: the middle channel)
         obs = observe(g, sv, galaxy_rng(seed, index - 1, survey_stream(sv.name)), cutout_r90=side)
         sim.append(inner_outer(obs.images[1]))

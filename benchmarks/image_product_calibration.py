@@ -49,13 +49,16 @@ def image_stats(images: np.ndarray) -> dict[str, list[float]]:
     return {k: [round(float(x), 4) for x in v] for k, v in out.items()}
 
 
+def real_input(path: Path) -> np.ndarray:
+    """A real SkyServer JPEG as the model sees it: (g, r, i, 69, 69) after the preprocessing."""
+    return preprocess_cutout(read_composite(path, composite_channels("sdss"), ("g", "r", "i")).data)
+
+
 def real_stats(n: int) -> dict | None:
     files = sorted(REAL.glob("*.jpeg"))[:n]
     if not files:
         return None
-    imgs = [preprocess_cutout(read_composite(f, composite_channels("sdss"), ("g", "r", "i")).data)
-            for f in files]
-    return image_stats(np.stack(imgs))
+    return image_stats(np.stack([real_input(f) for f in files]))
 
 
 def petrosian_radius_arcsec(g) -> float:
@@ -68,6 +71,12 @@ def petrosian_radius_arcsec(g) -> float:
     return petrosian_radius(comps)
 
 
+def gz1_frame_r90(g) -> float:
+    """Side of a GZ1 cutout in units of the galaxy's R90, if its 423 pixels of 0.024 x R_P arcsec
+    used the Petrosian radius R_P (10.15 x R_P; 7.7 x R90 in the median)."""
+    return 423 * 0.024 * petrosian_radius_arcsec(g) / g.r90_arcsec
+
+
 def simulated_models(n: int, seed: int = 7, framing: str = "r90"):
     """Noise-free SDSS stamps of n simulated galaxies (with their geometry and frame side in R90).
 
@@ -78,7 +87,7 @@ def simulated_models(n: int, seed: int = 7, framing: str = "r90"):
     out = []
     for i in range(n):
         g = draw_galaxy(seed, i)
-        side = 10.0 if framing == "r90" else 423 * 0.024 * petrosian_radius_arcsec(g) / g.r90_arcsec
+        side = 10.0 if framing == "r90" else gz1_frame_r90(g)
         obs = observe(g, sv, galaxy_rng(seed, i, 1), keep_stamps=True, cutout_r90=side)
         out.append((obs.models, obs.geometry, g.r90_arcsec, side))
     return out
