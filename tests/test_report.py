@@ -15,6 +15,7 @@ from morphtransfer import metrics, study
 from morphtransfer.report import write_report
 from morphtransfer.report.tables import (
     aggregate,
+    budget_markdown,
     compute_metrics,
     findings,
     label_budget,
@@ -136,6 +137,13 @@ def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     assert lb.loc[("d", 100), "n_flat"] == 1 and lb["n_flat"].sum() == 1
     lines = study._findings_lines(tmp_path / "metrics.json")
     assert lines[1].endswith("(1 of 2 (d) seeds flat: P barely varies)")
+    # the sweep as a table: seed 1 reversed at 50 (AUC 0 and 1), both perfect at 100
+    lb_md = (tmp_path / "label_budget.md").read_text().splitlines()
+    assert lb_md[0] == "| Question | Exp. | N = 50 | N = 100 | reaches (0) at |"
+    assert lb_md[2] == "| Q1 | (b) | 0.500 ± 0.707 | 1.000 ± 0.000 | 100 |"
+    assert lb_md[4] == "| Q1 | (d) | 0.500 ± 0.707 | 1.000 ± 0.000 (1 flat) | 100 |"
+    assert "Levels: Q1 (0) 1.000, (a) 1.000. Reaches:" in lb_md[-1]
+    assert budget_markdown(label_budget(agg[agg["experiment"].isin(["0", "a"])])) == ""
 
 
 def test_report_files_from_synthetic_predictions(tmp_path):
@@ -172,7 +180,7 @@ def test_end_to_end_study_with_the_real_engine(tmp_path):
     for name in ("config.toml", "splits.parquet", "predictions.parquet", "metrics.json", "table2.md",
                  "table2.csv", "table2.tex", "report.html", "figures/roc.png", "figures/roc.csv",
                  "figures/label_budget.png", "figures/label_budget.csv", "figures/examples.png",
-                 "figures/examples.csv", "figures/false_positives_q3.csv"):
+                 "figures/examples.csv", "figures/false_positives_q3.csv", "label_budget.md"):
         assert (out / name).exists(), name
     for task in ("Q1", "Q2", "Q3"):
         card = json.loads((out / "models" / task / "source" / "card.json").read_text())

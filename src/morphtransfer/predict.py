@@ -786,7 +786,9 @@ def predict_catalog(
     num_workers: Ray actors (default one per GPU, else one per 2 CPUs); num_threads: torch threads
     of the local engine; reader_threads: threads reading ahead (default 1 on CPU, 8 on a GPU).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from morphtransfer.progress import Progress
 
     out = Path(out)
     kind = output_kind(out)
@@ -926,7 +928,7 @@ def predict_catalog(
 
     columns = [TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("galaxies"),
                TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not progress, transient=False, unit="galaxies") as bar:
         task_id = bar.add_task("predict", total=n_rows, completed=done_rows)
 
         def advance(n: int) -> None:

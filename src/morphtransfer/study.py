@@ -1046,9 +1046,15 @@ def run_study(
         highlight=False,
     )
     if report and (paths.root / "table2.md").exists():
-        console.print((paths.root / "table2.md").read_text().split("\n\n")[0], highlight=False, markup=False)
+        # soft_wrap: table rows stay one line each, also in a log file (rich wraps those at 80)
+        console.print((paths.root / "table2.md").read_text().split("\n\n")[0], highlight=False,
+                      markup=False, soft_wrap=True)
+        if (paths.root / "label_budget.md").exists():
+            console.print("Label budget (AUC; label_budget.md):", highlight=False)
+            console.print((paths.root / "label_budget.md").read_text().split("\n\n")[0],
+                          highlight=False, markup=False, soft_wrap=True)
         for line in _findings_lines(paths.root / "metrics.json"):
-            console.print(line, highlight=False, markup=False)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     for n in notes:
         console.print(f"  note: {escape(n)}", highlight=False)
     return result

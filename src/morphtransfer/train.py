@@ -951,9 +951,9 @@ def predict_store(
     out = np.empty(len(index), dtype=np.float32)
     bar = None
     if progress:
-        from rich.progress import Progress
+        from morphtransfer.progress import Progress
 
-        bar = Progress(transient=True)
+        bar = Progress(transient=True, unit="galaxies")
         bar.start()
         task_id = bar.add_task("predicting", total=len(index))
     try:

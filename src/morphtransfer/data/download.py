@@ -250,10 +250,11 @@ def download(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
     )
+
+    from morphtransfer.progress import Progress
 
     from morphtransfer.data.catalogs import load_catalog
 
@@ -313,7 +314,7 @@ def download(
 
     columns = [TextColumn("[bold]download[/]"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress) as bar, \
+    with Progress(*columns, disable=not progress, label="download", unit="cutouts") as bar, \
             ThreadPoolExecutor(max_workers=max(1, int(concurrency))) as pool:
         task_id = bar.add_task("cutouts", total=len(jobs))
         futs = {pool.submit(one, j): j for j in jobs}

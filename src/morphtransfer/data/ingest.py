@@ -227,10 +227,11 @@ def ingest(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
     )
+
+    from morphtransfer.progress import Progress
 
     t0 = time.perf_counter()
     images_dir = Path(images)
@@ -364,7 +365,8 @@ def ingest(
         TextColumn("{task.fields[rate]:.0f}/s"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not progress, transient=False, label=f"ingest {Path(out).name}",
+                  unit="galaxies") as bar:
         task_id = bar.add_task(Path(out).name, total=len(tasks), rate=0.0)
         t_start = time.perf_counter()
 

@@ -1,4 +1,5 @@
-"""The study's report: metrics.json, table2.{md,csv,tex}, figures/*.png with their CSVs, report.html.
+"""The study's report: metrics.json, table2.{md,csv,tex}, label_budget.md, figures/*.png with their
+CSVs, report.html.
 
 ``write_report(run_dir)`` needs only the run folder (``predictions.parquet``, ``config.toml``) and,
 for the image figures, the Stores; every number it writes is computed from ``predictions.parquet``.
@@ -19,6 +20,7 @@ from morphtransfer.report.tables import (
     REACH_TOLERANCE,
     _ensure_columns,
     aggregate,
+    budget_markdown,
     compute_metrics,
     findings,
     label_budget,
@@ -91,6 +93,10 @@ def write_report(
     (run_dir / "table2.md").write_text(to_markdown(t2, p_threshold, labels_phrase(cfg)))
     (run_dir / "table2.tex").write_text(to_latex(t2, p_threshold))
     written.update({k: run_dir / f"table2.{k}" for k in ("md", "csv", "tex")})
+    budget_md = budget_markdown(budget, reach, reach_0t)
+    if budget_md:
+        (run_dir / "label_budget.md").write_text(budget_md)
+        written["label_budget.md"] = run_dir / "label_budget.md"
 
     metrics_doc = {
         "p_threshold": p_threshold,

@@ -334,6 +334,59 @@ def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS
     return "\n".join(lines) + "\n"
 
 
+def budget_markdown(budget: pd.DataFrame, reach: dict | None = None, reach_0t: dict | None = None,
+                    metric: str = "auc") -> str:
+    """The label-budget sweep as a table (``label_budget.md``): per question, (b), (c), (d) at every
+    DES N_train (mean ± spread over seeds, and how many seeds gave flat models), the levels they
+    are measured against, and the smallest N_train at which each comes within REACH_TOLERANCE of
+    (0) and of (0t). "" for a run without a sweep."""
+    if budget is None or budget.empty:
+        return ""
+    ns = sorted(int(n) for n in budget["n_train_target"].unique())
+    reach, reach_0t = reach or {}, reach_0t or {}
+    has_0t = bool(reach_0t)
+    head = ["Question", "Exp."] + [f"N = {n}" for n in ns] + ["reaches (0) at"]
+    head += ["reaches (0t) at"] if has_0t else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def reached(d: dict, task: str, exp: str) -> str:
+        if task not in d or exp not in d[task]:
+            return "-"
+        return "not reached" if d[task][exp] is None else str(d[task][exp])
+
+    levels = []
+    for task, g in budget.groupby("task", sort=True):
+        lv = g.iloc[0]
+        levels.append(f"{task} " + ", ".join(
+            f"({name}) {lv[f'{metric}_level_{name}']:.3f}" for name in ("0", "0t", "a")
+            if np.isfinite(lv.get(f"{metric}_level_{name}", math.nan))))
+        for exp in ("b", "c", "d"):
+            ge = g[g["experiment"] == exp].set_index("n_train_target")
+            if ge.empty:
+                continue
+            cells = []
+            for n in ns:
+                if n not in ge.index:
+                    cells.append("-")
+                    continue
+                r = ge.loc[n]
+                c = _cell(r, metric, with_ci=False)
+                if r["n_flat"] > 0:
+                    c += f" ({int(r['n_flat'])} flat)"
+                cells.append(c)
+            row = [task, f"({exp})"] + cells + [reached(reach, task, exp)]
+            row += [reached(reach_0t, task, exp)] if has_0t else []
+            lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        f"{metric.upper()} of (b) fine-tuned, (c) dense layers only, (d) from scratch against the "
+        "number of labelled DES galaxies N (mean ± spread over seeds; flat: seeds whose model's P "
+        f"varies by less than {FLAT_P_STD} over the test galaxies). Levels: " + "; ".join(levels)
+        + f". Reaches: the smallest N whose mean comes within {REACH_TOLERANCE} of that level.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def to_latex(t2: pd.DataFrame, p_threshold: float = 0.5) -> str:
     lines = [
         r"\begin{table}",

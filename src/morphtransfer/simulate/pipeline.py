@@ -214,11 +214,12 @@ def _run(pool, out, meta, n, survey_objs, seed, model, max_pixels, batch_size, c
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from morphtransfer.progress import Progress
 
     prog = Progress(
         TextColumn("simulate"),
@@ -228,6 +229,7 @@ def _run(pool, out, meta, n, survey_objs, seed, model, max_pixels, batch_size, c
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         disable=not progress,
+        unit="galaxies",
     )
     with prog:
         task = prog.add_task("simulate", total=n, completed=n - len(todo))
