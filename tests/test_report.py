@@ -16,6 +16,8 @@ from morphtransfer.report import write_report
 from morphtransfer.report.tables import (
     aggregate,
     budget_markdown,
+    claims,
+    claims_lines,
     compute_metrics,
     findings,
     label_budget,
@@ -84,6 +86,42 @@ def test_findings_measure_the_study_claims_from_table2():
     assert f["n_train_main"] == 100
 
 
+def test_claims_say_which_questions_show_each_finding(tmp_path):
+    """The three claims per question, from findings rows: the paper preset's version-5 numbers."""
+    rows = [  # question, (a)-(0) TPR, precision, (b)-(0), (b)-(0t), (b)-(d) main, at 50, skill, flat
+        ("Q1", -0.436, +0.061, -0.018, -0.015, +0.023, +0.007, 0.95, 0),
+        ("Q2", -0.278, +0.044, +0.000, -0.004, +0.045, +0.103, 0.91, 0),
+        ("Q3", -0.716, -0.039, -0.018, -0.027, +0.072, +0.121, 0.81, 0),
+    ]
+    cols = ["question", "tpr_a_minus_0", "precision_a_minus_0", "auc_b_minus_0", "auc_b_minus_0t",
+            "auc_b_minus_d", "auc_b_minus_d_smallest_n", "d_skill_fraction", "d_flat_seeds"]
+    found = pd.DataFrame(rows, columns=cols).assign(n_train_smallest=50, n_train_main=500)
+    c = claims(found)
+    assert c["a_loses"] == ["Q1", "Q2", "Q3"]
+    assert c["b_near_0"] == ["Q1", "Q2", "Q3"] and c["b_near_0t"] == ["Q1", "Q2"]  # Q3 0.027 under
+    assert c["b_beats_d"] == ["Q1", "Q2", "Q3"] and c["n_train_small"] == 50
+    assert c["d_weakest"] == "Q3" and c["largest_gap_small_n"] == "Q3" and c["d_flat"] == []
+    lines = claims_lines(c, ["Q1", "Q2", "Q3"])
+    assert lines[0] == "(a) loses >= 0.02 of TPR or precision against (0): Q1, Q2, Q3 of Q1, Q2, Q3"
+    assert lines[1] == "(b) within 0.02 AUC of (0): Q1, Q2, Q3; of (0t), the same galaxies: Q1, Q2"
+    assert lines[3] == ("(d) reaches the smallest part of (b)'s skill for Q3; the largest (b) - (d) "
+                        "at N=50 is Q3's")
+    # the quick run of session 13: Q2's (d) flat at 50 labels gives it the largest gap, and a run
+    # without (0t) or a sweep says so
+    found.loc[1, ["auc_b_minus_d_smallest_n", "d_flat_seeds"]] = [0.614, 2]
+    found.loc[0, "tpr_a_minus_0"] = -0.01  # within the tolerance, and precision rose: no loss
+    found["auc_b_minus_0t"], found["n_train_smallest"] = math.nan, 0
+    c = claims(found)
+    assert c["a_loses"] == ["Q2", "Q3"] and c["b_near_0t"] is None and c["n_train_small"] == 500
+    assert c["largest_gap_small_n"] == "Q3"  # no sweep: the main N's gaps, where Q3's is largest
+    found["n_train_smallest"] = 50
+    c = claims(found)
+    assert c["largest_gap_small_n"] == "Q2" and c["d_flat"] == ["Q2"]
+    assert claims_lines(c, ["Q1", "Q2", "Q3"])[3].endswith(
+        "is Q2's (flat (d) seeds in Q2: that (d) stayed on the loss plateau)")
+    assert claims(found.iloc[:0]) == {} and claims_lines({}, []) == []
+
+
 def test_level_0t_the_same_galaxies_through_the_source_survey():
     """(0t) joins Table 2 between (0) and (a); the label budget is also read against it."""
     preds = _synthetic_predictions()
@@ -137,6 +175,9 @@ def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     assert lb.loc[("d", 100), "n_flat"] == 1 and lb["n_flat"].sum() == 1
     lines = study._findings_lines(tmp_path / "metrics.json")
     assert lines[1].endswith("(1 of 2 (d) seeds flat: P barely varies)")
+    assert lines[2:4] == ["claims, per question:",
+                          "  (a) loses >= 0.02 of TPR or precision against (0): Q1 of Q1"]
+    assert lines[-1].endswith("(flat (d) seeds in Q1: that (d) stayed on the loss plateau)")
     # the sweep as a table: seed 1 reversed at 50 (AUC 0 and 1), both perfect at 100
     lb_md = (tmp_path / "label_budget.md").read_text().splitlines()
     assert lb_md[0] == "| Question | Exp. | N = 50 | N = 100 | reaches (0) at |"

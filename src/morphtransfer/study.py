@@ -1085,6 +1085,11 @@ def _findings_lines(metrics_json: Path) -> list[str]:
         )
     if out:
         out.insert(0, "findings (each explained in report.html):")
+        from morphtransfer.report.tables import claims_lines
+
+        said = claims_lines(json.loads(metrics_json.read_text()).get("claims") or {},
+                            [r["question"] for r in rows])
+        out += ["claims, per question:"] + [f"  {s}" for s in said] if said else []
     return out
 
 

@@ -21,6 +21,7 @@ from morphtransfer.report.tables import (
     _ensure_columns,
     aggregate,
     budget_markdown,
+    claims,
     compute_metrics,
     findings,
     label_budget,
@@ -117,6 +118,7 @@ def write_report(
             "by_task": reach_0t,
         },
         "findings": found.to_dict(orient="records"),
+        "claims": claims(found),
         "notes": notes,
     }
     (run_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics_doc), indent=2))

@@ -230,6 +230,71 @@ def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def claims(found: pd.DataFrame, tol: float = REACH_TOLERANCE) -> dict:
+    """The study's three claims as yes/no per question, from ``findings``: which questions show them.
+
+    - ``a_loses``: (a) is at least ``tol`` below (0) in TPR or in precision at P_th;
+    - ``b_near_0`` / ``b_near_0t``: (b) at the main N_train within ``tol`` AUC of (0) / of (0t)
+      (None where the run has no (0t));
+    - ``b_beats_d``: (b) above (d) in AUC at the smallest sweep N_train (the main N_train where the
+      run has no sweep);
+    - ``d_weakest``: the question whose (d) reaches the smallest part of (b)'s AUC above chance at
+      the main N_train (``d_skill_fraction``), and ``largest_gap_small_n`` the one with the largest
+      (b) - (d) at the smallest N: the study's "(b) beats (d) most clearly for bars" is both being
+      Q3. ``d_flat``: questions whose (d) had flat seeds at the main N_train, which make (d)'s AUC,
+      and so both of these, a statement about training that stayed on the plateau.
+    """
+    def which(mask) -> list[str]:
+        return sorted(found.loc[mask.fillna(False).astype(bool), "question"].tolist())
+
+    if found is None or not len(found):
+        return {}
+    small = found["auc_b_minus_d_smallest_n"].where(found["n_train_smallest"] > 0, found["auc_b_minus_d"])
+    out = {
+        "tolerance": tol,
+        "a_loses": which((found["tpr_a_minus_0"] <= -tol) | (found["precision_a_minus_0"] <= -tol)),
+        "b_near_0": which(found["auc_b_minus_0"] >= -tol),
+        "b_near_0t": which(found["auc_b_minus_0t"] >= -tol) if found["auc_b_minus_0t"].notna().any() else None,
+        "b_beats_d": which(small > 0),
+        "n_train_small": int(found["n_train_smallest"].max()) or int(found["n_train_main"].max()),
+        "d_weakest": None,
+        "largest_gap_small_n": None,
+        "d_flat": which(found["d_flat_seeds"] > 0),
+    }
+    if found["d_skill_fraction"].notna().any():
+        out["d_weakest"] = str(found.loc[found["d_skill_fraction"].idxmin(), "question"])
+    if small.notna().any():
+        out["largest_gap_small_n"] = str(found.loc[small.idxmax(), "question"])
+    return out
+
+
+def claims_lines(c: dict, questions: list[str]) -> list[str]:
+    """``claims`` in words, one line per claim, for the end of a run and report.html."""
+    if not c:
+        return []
+
+    def qs(v):
+        return ", ".join(v) if v else "none"
+
+    tol = c["tolerance"]
+    near = f"(b) within {tol} AUC of (0): {qs(c['b_near_0'])}"
+    if c.get("b_near_0t") is not None:
+        near += f"; of (0t), the same galaxies: {qs(c['b_near_0t'])}"
+    lines = [
+        f"(a) loses >= {tol} of TPR or precision against (0): {qs(c['a_loses'])} of {qs(questions)}",
+        near,
+        f"(b) beats (d) in AUC at N={c['n_train_small']}: {qs(c['b_beats_d'])}",
+    ]
+    if c.get("d_weakest") is not None:
+        s = f"(d) reaches the smallest part of (b)'s skill for {c['d_weakest']}"
+        if c.get("largest_gap_small_n") is not None:
+            s += f"; the largest (b) - (d) at N={c['n_train_small']} is {c['largest_gap_small_n']}'s"
+        if c["d_flat"]:
+            s += f" (flat (d) seeds in {qs(c['d_flat'])}: that (d) stayed on the loss plateau)"
+        lines.append(s)
+    return lines
+
+
 # ---- writers ------------------------------------------------------------------------------
 
 
