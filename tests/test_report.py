@@ -102,7 +102,7 @@ def test_claims_say_which_questions_show_each_finding(tmp_path):
     assert c["b_beats_d"] == ["Q1", "Q2", "Q3"] and c["n_train_small"] == 50
     assert c["d_weakest"] == "Q3" and c["largest_gap_small_n"] == "Q3" and c["d_flat"] == []
     lines = claims_lines(c, ["Q1", "Q2", "Q3"])
-    assert lines[0] == "(a) loses >= 0.02 of TPR or precision against (0): Q1, Q2, Q3 of Q1, Q2, Q3"
+    assert lines[0] == "(a) loses >= 0.02 of TPR or precision against (0): Q1, Q2, Q3 (3 of 3)"
     assert lines[1] == "(b) within 0.02 AUC of (0): Q1, Q2, Q3; of (0t), the same galaxies: Q1, Q2"
     assert lines[3] == ("(d) reaches the smallest part of (b)'s skill for Q3; the largest (b) - (d) "
                         "at N=50 is Q3's")
@@ -176,7 +176,7 @@ def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     lines = study._findings_lines(tmp_path / "metrics.json")
     assert lines[1].endswith("(1 of 2 (d) seeds flat: P barely varies)")
     assert lines[2:4] == ["claims, per question:",
-                          "  (a) loses >= 0.02 of TPR or precision against (0): Q1 of Q1"]
+                          "  (a) loses >= 0.02 of TPR or precision against (0): Q1 (1 of 1)"]
     assert lines[-1].endswith("(flat (d) seeds in Q1: that (d) stayed on the loss plateau)")
     # the sweep as a table: seed 1 reversed at 50 (AUC 0 and 1), both perfect at 100
     lb_md = (tmp_path / "label_budget.md").read_text().splitlines()

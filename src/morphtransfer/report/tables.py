@@ -281,7 +281,8 @@ def claims_lines(c: dict, questions: list[str]) -> list[str]:
     if c.get("b_near_0t") is not None:
         near += f"; of (0t), the same galaxies: {qs(c['b_near_0t'])}"
     lines = [
-        f"(a) loses >= {tol} of TPR or precision against (0): {qs(c['a_loses'])} of {qs(questions)}",
+        f"(a) loses >= {tol} of TPR or precision against (0): {qs(c['a_loses'])} "
+        f"({len(c['a_loses'])} of {len(questions)})",
         near,
         f"(b) beats (d) in AUC at N={c['n_train_small']}: {qs(c['b_beats_d'])}",
     ]
