@@ -83,10 +83,11 @@ def test_findings_measure_the_study_claims_from_table2():
     assert f["d_skill_fraction"] == pytest.approx((auc_d - 0.5) / 0.5)
     # at the smallest sweep n (50) b and d predicted the same: no gap
     assert f["n_train_smallest"] == 50 and f["auc_b_minus_d_smallest_n"] == 0.0
+    assert f["d_flat_seeds_smallest_n"] == 0
     assert f["n_train_main"] == 100
 
 
-def test_claims_say_which_questions_show_each_finding(tmp_path):
+def test_claims_say_which_questions_show_each_finding():
     """The three claims per question, from findings rows: the paper preset's version-5 numbers."""
     rows = [  # question, (a)-(0) TPR, precision, (b)-(0), (b)-(0t), (b)-(d) main, at 50, skill, flat
         ("Q1", -0.436, +0.061, -0.018, -0.015, +0.023, +0.007, 0.95, 0),
@@ -108,11 +109,12 @@ def test_claims_say_which_questions_show_each_finding(tmp_path):
                         "at N=50 is Q3's")
     # the quick run of session 13: Q2's (d) flat at 50 labels gives it the largest gap, and a run
     # without (0t) or a sweep says so
-    found.loc[1, ["auc_b_minus_d_smallest_n", "d_flat_seeds"]] = [0.614, 2]
+    found.loc[1, ["auc_b_minus_d_smallest_n", "d_flat_seeds_smallest_n"]] = [0.614, 1]
     found.loc[0, "tpr_a_minus_0"] = -0.01  # within the tolerance, and precision rose: no loss
     found["auc_b_minus_0t"], found["n_train_smallest"] = math.nan, 0
     c = claims(found)
     assert c["a_loses"] == ["Q2", "Q3"] and c["b_near_0t"] is None and c["n_train_small"] == 500
+    assert c["d_flat"] == ["Q2"]  # flat at 50 labels only
     assert c["largest_gap_small_n"] == "Q3"  # no sweep: the main N's gaps, where Q3's is largest
     found["n_train_smallest"] = 50
     c = claims(found)

@@ -217,7 +217,7 @@ def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFra
             float((by["d"]["auc"] - 0.5) / (by["b"]["auc"] - 0.5))
             if "b" in by and "d" in by and by["b"]["auc"] > 0.5 else math.nan
         )
-        r["n_train_smallest"], r["auc_b_minus_d_smallest_n"] = 0, math.nan
+        r["n_train_smallest"], r["auc_b_minus_d_smallest_n"], r["d_flat_seeds_smallest_n"] = 0, math.nan, 0
         if budget is not None and len(budget):
             bq = budget[budget["task"] == q]
             if len(bq):
@@ -226,6 +226,7 @@ def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFra
                 if {"b", "d"} <= set(at.index):
                     r["n_train_smallest"] = n0
                     r["auc_b_minus_d_smallest_n"] = float(at.loc["b", "auc"] - at.loc["d", "auc"])
+                    r["d_flat_seeds_smallest_n"] = int(at.loc["d"].get("n_flat", 0))
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -241,8 +242,8 @@ def claims(found: pd.DataFrame, tol: float = REACH_TOLERANCE) -> dict:
     - ``d_weakest``: the question whose (d) reaches the smallest part of (b)'s AUC above chance at
       the main N_train (``d_skill_fraction``), and ``largest_gap_small_n`` the one with the largest
       (b) - (d) at the smallest N: the study's "(b) beats (d) most clearly for bars" is both being
-      Q3. ``d_flat``: questions whose (d) had flat seeds at the main N_train, which make (d)'s AUC,
-      and so both of these, a statement about training that stayed on the plateau.
+      Q3. ``d_flat``: questions whose (d) had flat seeds at the main or the smallest N_train, which
+      make (d)'s AUC, and so both of these, a statement about training that stayed on the plateau.
     """
     def which(mask) -> list[str]:
         return sorted(found.loc[mask.fillna(False).astype(bool), "question"].tolist())
@@ -259,7 +260,8 @@ def claims(found: pd.DataFrame, tol: float = REACH_TOLERANCE) -> dict:
         "n_train_small": int(found["n_train_smallest"].max()) or int(found["n_train_main"].max()),
         "d_weakest": None,
         "largest_gap_small_n": None,
-        "d_flat": which(found["d_flat_seeds"] > 0),
+        "d_flat": which((found["d_flat_seeds"] > 0)
+                        | (found.get("d_flat_seeds_smallest_n", pd.Series(0, index=found.index)) > 0)),
     }
     if found["d_skill_fraction"].notna().any():
         out["d_weakest"] = str(found.loc[found["d_skill_fraction"].idxmin(), "question"])
