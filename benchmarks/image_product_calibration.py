@@ -32,12 +32,17 @@ REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sdss_gz
 STATS = ("bg_level", "bg_noise", "n_sat", "n_half", "n_tenth", "mean")
 
 
+def frame_pixels(images: np.ndarray, width: int = 6) -> np.ndarray:
+    """(n, bands, H, W) -> (n, bands, pixels) of the top and bottom ``width`` rows: the sky."""
+    n, nb = images.shape[:2]
+    return np.concatenate(
+        [images[:, :, :width].reshape(n, nb, -1), images[:, :, -width:].reshape(n, nb, -1)], axis=2
+    )
+
+
 def image_stats(images: np.ndarray) -> dict[str, list[float]]:
     """(n, bands, 69, 69) preprocessed images -> per-band medians / means of the statistics."""
-    n, nb = images.shape[:2]
-    frame = np.concatenate(
-        [images[:, :, :6].reshape(n, nb, -1), images[:, :, -6:].reshape(n, nb, -1)], axis=2
-    )
+    frame = frame_pixels(images)
     out = {
         "bg_level": np.median(np.median(frame, axis=2), axis=0),
         "bg_noise": np.median(frame.std(axis=2), axis=0),

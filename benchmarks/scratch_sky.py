@@ -42,15 +42,12 @@ from morphtransfer.data.store import open_store
 from morphtransfer.metrics import roc_auc
 from morphtransfer.report.tables import FLAT_P_STD
 
-FRAME = 6  # pixels of the outer frame that measure the sky, as image_product_calibration.py does
+from image_product_calibration import frame_pixels  # benchmarks/, beside this script
 
 
 def sky_subtracted(images: np.ndarray) -> np.ndarray:
     """(n, bands, H, W) in [0, 1] -> each band minus its frame median, clipped at 0, / its max."""
-    n, nb = images.shape[:2]
-    frame = np.concatenate([images[:, :, :FRAME].reshape(n, nb, -1),
-                            images[:, :, -FRAME:].reshape(n, nb, -1)], axis=2)
-    out = np.clip(images - np.median(frame, axis=2)[:, :, None, None], 0.0, None)
+    out = np.clip(images - np.median(frame_pixels(images), axis=2)[:, :, None, None], 0.0, None)
     out /= np.maximum(out.max(axis=(2, 3), keepdims=True), 1e-6)
     return out.astype(np.float32)
 
@@ -99,10 +96,12 @@ def main() -> None:
     for task in args.tasks:
         for n in args.n:
             for seed in args.seeds:
+                split = {name: study.experiment_rows(study.make_experiment(task, name, n_train=n, seed=seed),
+                                                     splits, split_seed, study.target_sample(cfg, task))
+                         for name in ("b", "d")}
                 for name, variant in (("d", "target"), ("d", "target_nosky"), ("d", "source"),
                                       ("b", "target"), ("b", "target_nosky")):
-                    exp = study.make_experiment(task, name, n_train=n, seed=seed)
-                    own, _, test = study.experiment_rows(exp, splits, split_seed, study.target_sample(cfg, task))
+                    own, _, test = split[name]
                     st = stores[variant]
                     fit_rows = study._labelled(st, own)
                     init = run / "models" / task / "source" if name == "b" else None

@@ -1064,7 +1064,8 @@ def _findings_lines(metrics_json: Path) -> list[str]:
     """The study's claims as measured by this run, one line per question (report.findings)."""
     if not metrics_json.exists():
         return []
-    rows = json.loads(metrics_json.read_text()).get("findings", [])
+    doc = json.loads(metrics_json.read_text())
+    rows = doc.get("findings", [])
     out = []
     for r in rows:
         if r.get("auc_b_minus_d") is None:
@@ -1087,9 +1088,9 @@ def _findings_lines(metrics_json: Path) -> list[str]:
         out.insert(0, "findings (each explained in report.html):")
         from morphtransfer.report.tables import claims_lines
 
-        said = claims_lines(json.loads(metrics_json.read_text()).get("claims") or {},
-                            [r["question"] for r in rows])
-        out += ["claims, per question:"] + [f"  {s}" for s in said] if said else []
+        said = claims_lines(doc.get("claims") or {}, [r["question"] for r in rows])
+        if said:
+            out += ["claims, per question:"] + [f"  {s}" for s in said]
     return out
 
 

@@ -88,6 +88,7 @@ def write_report(
     # against (0t), the DES test galaxies' own SDSS images: empty where the run has no (0t)
     reach_0t = n_to_reach_level(budget, level="0t") if len(budget) else {}
     found = findings(t2, budget)
+    said = claims(found)
 
     written: dict[str, Path] = {}
     t2.to_csv(run_dir / "table2.csv", index=False)
@@ -118,7 +119,7 @@ def write_report(
             "by_task": reach_0t,
         },
         "findings": found.to_dict(orient="records"),
-        "claims": claims(found),
+        "claims": said,
         "notes": notes,
     }
     (run_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics_doc), indent=2))
@@ -148,5 +149,5 @@ def write_report(
     from morphtransfer.report.html import write_html
 
     written["report.html"] = write_html(run_dir, cfg, t2, budget, reach, notes, figs, p_threshold,
-                                       found, reach_0t)
+                                       found, reach_0t, claims=said)
     return written

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphtransfer.report.tables import claims, claims_lines, labels_phrase, to_markdown
+from morphtransfer.report.tables import claims_lines, labels_phrase, to_markdown
 
 CAPTIONS = {
     "roc": "Figure 2. ROC curves per question: the SDSS model on SDSS (0) and on DES (a), "
@@ -92,7 +92,8 @@ def _models(run_dir: Path) -> pd.DataFrame:
 
 def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.DataFrame, reach: dict,
                notes: list[str], figs: dict, p_threshold: float,
-               found: pd.DataFrame | None = None, reach_0t: dict | None = None) -> Path:
+               found: pd.DataFrame | None = None, reach_0t: dict | None = None,
+               claims: dict | None = None) -> Path:
     from morphtransfer import __version__
     from morphtransfer.study import _to_toml
 
@@ -141,7 +142,7 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
             "chance that (d) reaches, (AUC_d - 0.5) / (AUC_b - 0.5).</p>",
             _table(found),
         ]
-        said = claims_lines(claims(found), sorted(found["question"].tolist()))
+        said = claims_lines(claims or {}, sorted(found["question"].tolist()))
         if said:
             parts += ["<p>In short:</p><ul>"] + [f"<li>{html.escape(s)}</li>" for s in said] + ["</ul>"]
     for key in ("roc", "label_budget", "examples", "false_positives_q3"):
