@@ -119,9 +119,10 @@ def test_label_rates_land_in_plausible_ranges(tmp_path):
     q1 = robust_labels(des, "Q1")
     assert des.loc[q1 == 1, "true_disk"].mean() > 0.8
     assert des.loc[(q1 == 1) & ~des["true_disk"], "true_cigar"].mean() > 0.7
-    # robust edge-on: ~88% true disks at 3000 galaxies (cigars the rest); ~30 here, so 3 sigma
+    # robust edge-on: 85% true disks at 3000 galaxies (simulator version 6, 88% at version 5;
+    # cigars the rest); ~32 here, so 3 sigma below 0.85 is 0.66
     q2 = robust_labels(des, "Q2")
-    assert des.loc[q2 == 1, "true_disk"].mean() > 0.7
+    assert des.loc[q2 == 1, "true_disk"].mean() > 0.65
     # DES volunteers see more features than SDSS ones in the same galaxies
     feat = "smooth_or_featured_featured_or_disk_fraction"
     disks = des["true_disk"].to_numpy()

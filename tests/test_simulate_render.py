@@ -311,3 +311,51 @@ def test_bar_is_flat_and_ends_at_its_length():
     # the Gaussian of the same length has dropped to ~ exp(-0.5 * 1.2^2) = 0.49 at 0.6 a
     assert gauss[np.argmin(abs(x - 2.4))] < 0.55 * gauss[120]
     assert isinstance(render.bar_profile(g), galsim.GSObject)
+
+
+def _inner_m2(img: np.ndarray, r_max: float) -> float:
+    """|sum I e^(2i theta)| / sum I inside r_max pixels of the stamp centre."""
+    n = img.shape[-1]
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2.0
+    inner = (np.hypot(x, y) < r_max) & (np.hypot(x, y) > 1.0)
+    return float(abs(np.sum(img[inner] * np.exp(2j * np.arctan2(y, x)[inner]))) / img[inner].sum())
+
+
+def test_oval_gives_an_unbarred_face_on_disk_inner_m2_and_keeps_its_light():
+    """Simulator version 6: an oval/lens of 20% of the light makes a face-on, unbarred, arm-less
+    disk's inner isophotes elongated (m = 2 several times that of the same disk without it), its
+    light taken from the disk (total flux unchanged), and it is in the truth table."""
+    base = _first(lambda g: g.disk and not g.bar and g.oval_strength > 0)
+    kw = dict(inclination_deg=0.0, arm_strength=0.0, clump_fraction=0.0, n_arms=0,
+              knot_xy=np.zeros((0, 2)), knot_weights=np.zeros(0), n_arm_knots=0)
+    with_oval = dataclasses.replace(base, oval_strength=0.2, oval_axis_ratio=0.6,
+                                    oval_hlr_arcsec=0.7 * base.disk_hlr_arcsec, **kw)
+    without = dataclasses.replace(with_oval, oval_strength=0.0)
+    sv = get_survey("sdss")
+    obs = [observe(g, sv, galaxy_rng(0, base.index, 1), keep_stamps=True) for g in (with_oval, without)]
+    r_band = [o.models[sv.band_names.index("r")] for o in obs]
+    scale = base.disk_hlr_arcsec / obs[0].geometry.pixel_scale_arcsec  # disk hlr in stamp pixels
+    m2 = [_inner_m2(img, 1.2 * scale) for img in r_band]
+    assert m2[0] > 0.02 and m2[0] > 4 * m2[1], m2
+    assert r_band[0].sum() == pytest.approx(r_band[1].sum(), rel=0.02)
+    comp = with_oval.component_fluxes_r()
+    assert comp["oval"] == pytest.approx(0.2 * with_oval.flux_r)
+    assert sum(comp.values()) == pytest.approx(with_oval.flux_r)
+    assert with_oval.truth_row()["true_oval_strength"] == 0.2
+
+
+def test_ovals_are_common_in_disks_barred_or_not_and_bad_ones_are_refused():
+    from morphtransfer.simulate.population import OVAL_FRACTION
+
+    disks = [g for g in (draw_galaxy(5, i) for i in range(600)) if g.disk]
+    has = np.array([g.oval_strength > 0 for g in disks])
+    barred = np.array([g.bar for g in disks])
+    assert OVAL_FRACTION == 0.8
+    assert 0.7 < has.mean() < 0.9
+    assert 0.6 < has[barred].mean() and 0.6 < has[~barred].mean()
+    # bulge + bar + oval leave the disk at least 15% of the light
+    assert min(g.component_fluxes_r()["disk"] + g.component_fluxes_r()["knots"]
+               for g in disks) >= 0.15 * min(g.flux_r for g in disks) * 0.999
+    bad = dataclasses.replace(disks[0], oval_strength=0.3, oval_hlr_arcsec=0.0)
+    with pytest.raises(InputError, match=f"galaxy {disks[0].id}: oval half-light radius"):
+        bad.validate()

@@ -38,7 +38,7 @@ from morphtransfer.simulate.volunteers import (
 from morphtransfer.surveys import get_survey
 from morphtransfer.tasks import add_fractions
 
-SIMULATOR_VERSION = 5
+SIMULATOR_VERSION = 6  # 6: ovals and lenses in disks (population.py); 5: stronger, longer bars
 DEFAULT_SURVEYS = ("sdss", "des")
 # Stable per-survey random streams (never derived from process order or Python's salted hash).
 _SURVEY_STREAMS = {"sdss": 1, "des": 2, "decals": 3}

@@ -191,6 +191,19 @@ def bar_profile(g: Galaxy) -> galsim.GSObject:
     return bar.transform(1.0, 0.0, 0.0, g.projected_cos)
 
 
+def oval_profile(g: Galaxy) -> galsim.GSObject:
+    """The oval or lens in the sky plane (before the galaxy's position angle), unit flux.
+
+    Lenses have a shallow inner profile and a fairly sharp edge (Kormendy 1979); oval disks are
+    elongated inner disks. Both are drawn as a Sersic n = 0.5 (a Gaussian: flat inside, falling
+    steeply beyond ~1.5 half-light radii) flattened to its intrinsic axis ratio in the disk plane,
+    turned to its angle there and projected with the disk, as the bar is.
+    """
+    oval = galsim.Sersic(n=0.5, half_light_radius=g.oval_hlr_arcsec, gsparams=GSPARAMS)
+    oval = oval.shear(q=g.oval_axis_ratio, beta=g.oval_angle_deg * galsim.degrees)
+    return oval.transform(1.0, 0.0, 0.0, g.projected_cos)
+
+
 def component_kimages(g: Galaxy, grid: KGrid) -> dict[str, np.ndarray]:
     """Unit-flux Fourier transforms of the galaxy's components on the grid."""
     g.validate()
@@ -215,6 +228,8 @@ def component_kimages(g: Galaxy, grid: KGrid) -> dict[str, np.ndarray]:
         out["bulge"] = grid.draw(bulge)
     if g.bar and g.bar_strength > 0:
         out["bar"] = grid.draw(bar_profile(g).rotate(pa).withFlux(1.0))
+    if g.oval_strength > 0:
+        out["oval"] = grid.draw(oval_profile(g).rotate(pa).withFlux(1.0))
     if len(g.knot_weights):
         out["knots"] = knots_kimage(g, grid)
     return out
