@@ -285,3 +285,54 @@ def test_end_to_end_study_with_the_real_engine(tmp_path):
     # resume: a second call trains nothing
     res2 = study.run_study(out=out, source=src, target=tgt, config=cfg, progress=False, report=False)
     assert res2.trained == 0 and res2.skipped == 3 + len(res.experiments)
+
+    # `morphtransfer report RUN`: the report written again from predictions.parquet alone, the
+    # same numbers, the run's notes kept, nothing trained
+    from typer.testing import CliRunner
+
+    from morphtransfer import cli
+
+    before = {n: (out / n).read_text() for n in ("table2.csv", "table2.md", "metrics.json")}
+    models_before = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file()}
+    for n in ("table2.csv", "table2.md", "metrics.json", "report.html", "figures/roc.png",
+              "figures/examples.png"):
+        (out / n).unlink()
+    run = CliRunner().invoke(cli.app, ["report", str(out)])
+    assert run.exit_code == 0, run.output
+    for n, text in before.items():
+        assert (out / n).read_text() == text, n
+    assert (out / "report.html").exists() and (out / "figures" / "examples.png").exists()
+    assert "claims, per question:" in run.output and "| Q3 | (d) |" in run.output
+    assert models_before == {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*")
+                             if p.is_file()}
+    assert json.loads(before["metrics.json"])["notes"] == json.loads((out / "metrics.json").read_text())["notes"]
+    # the Stores moved away: the numbers are the same, the image figures are left out, with a note
+    import shutil
+
+    shutil.move(str(src), str(tmp_path / "moved"))
+    (out / "figures" / "examples.png").unlink()
+    run = CliRunner().invoke(cli.app, ["report", str(out)])
+    assert run.exit_code == 0, run.output
+    assert (out / "table2.csv").read_text() == before["table2.csv"]
+    assert not (out / "figures" / "examples.png").exists()
+    assert "could not be opened" in " ".join(run.output.split())
+
+
+def test_report_command_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from morphtransfer import cli
+
+    for args, expect in (([str(tmp_path / "nothing")], "is not a study run folder"),):
+        monkeypatch.setattr(sys, "argv", ["morphtransfer", "report", *args])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        assert exc.value.code == 2
+        assert expect in " ".join(capsys.readouterr().out.split())
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.toml").write_text("[study]\n")
+    monkeypatch.setattr(sys, "argv", ["morphtransfer", "report", str(tmp_path / "half")])
+    with pytest.raises(SystemExit):
+        cli.main()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no predictions.parquet yet" in out and "resumes it" in out

@@ -315,6 +315,18 @@ def run_cmd(
         raise typer.Exit(130)
 
 
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(Path("runs/quick"), help="a study run folder (morphtransfer run --out)"),
+) -> None:
+    """Write a run's report again (Table 2, figures, metrics.json, report.html) from its
+    predictions.parquet, training nothing: after an upgrade of the report, or a run whose report
+    step was interrupted."""
+    from morphtransfer.study import report_run
+
+    report_run(run_dir, console=console)
+
+
 # ---- end run ------------------------------------------------------------------------------
 
 # ---- predict (issue 6) --------------------------------------------------------------------

@@ -1045,19 +1045,82 @@ def run_study(
         f"{result.skipped} finished steps reused; open {paths.root / 'report.html'}",
         highlight=False,
     )
-    if report and (paths.root / "table2.md").exists():
-        # soft_wrap: table rows stay one line each, also in a log file (rich wraps those at 80)
-        console.print((paths.root / "table2.md").read_text().split("\n\n")[0], highlight=False,
-                      markup=False, soft_wrap=True)
-        if (paths.root / "label_budget.md").exists():
-            console.print("Label budget (AUC; label_budget.md):", highlight=False)
-            console.print((paths.root / "label_budget.md").read_text().split("\n\n")[0],
-                          highlight=False, markup=False, soft_wrap=True)
-        for line in _findings_lines(paths.root / "metrics.json"):
-            console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if report:
+        _print_summary(paths.root, console)
     for n in notes:
         console.print(f"  note: {escape(n)}", highlight=False)
     return result
+
+
+def _print_summary(root: Path, console) -> None:
+    """Table 2, the label budget and the findings/claims lines of a reported run folder."""
+    if not (root / "table2.md").exists():
+        return
+    # soft_wrap: table rows stay one line each, also in a log file (rich wraps those at 80)
+    console.print((root / "table2.md").read_text().split("\n\n")[0], highlight=False,
+                  markup=False, soft_wrap=True)
+    if (root / "label_budget.md").exists():
+        console.print("Label budget (AUC; label_budget.md):", highlight=False)
+        console.print((root / "label_budget.md").read_text().split("\n\n")[0],
+                      highlight=False, markup=False, soft_wrap=True)
+    for line in _findings_lines(root / "metrics.json"):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def report_run(out: str | os.PathLike, console=None) -> dict:
+    """Write the report of a run folder again from its ``predictions.parquet``: Table 2, the
+    label budget, metrics.json, the figures and report.html, with nothing trained or predicted
+    (``morphtransfer report``). The Stores the run used (its ``config.toml`` [inputs]) give the
+    image figures; where they are gone those figures are left out, with a note. Returns
+    {name: path} of what was written."""
+    from rich.console import Console
+
+    from morphtransfer.data.store import Store
+    from morphtransfer.report import write_report
+
+    console = console or Console()
+    root = Path(out)
+    if not (root / "config.toml").exists():
+        raise InputError(f"{root} is not a study run folder (no config.toml): "
+                         f"`morphtransfer run --out {root}` makes one")
+    if not (root / "predictions.parquet").exists():
+        raise InputError(f"{root} has no predictions.parquet yet: the run stopped before its "
+                         f"first results were collected; `morphtransfer run --out {root}` with "
+                         "the same options resumes it")
+    try:
+        cfg = tomllib.loads((root / "config.toml").read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{root / 'config.toml'} is not valid TOML ({exc}): restore it, or "
+                         "re-run the study into a new --out folder") from exc
+    inputs = cfg.get("inputs", {})
+    if inputs.get("simulated"):
+        places = {"source": root / "data" / "sdss", "target": root / "data" / "des"}
+    else:
+        places = {k: Path(inputs[k]) for k in ("source", "target") if inputs.get(k)}
+    stores, notes = {}, []
+    for role, place in places.items():
+        try:
+            stores[role] = Store(place)
+        except (InputError, OSError) as exc:
+            notes.append(f"{role} Store {place} could not be opened ({exc}): the image figures "
+                         "are left out")
+    metrics = root / "metrics.json"
+    if metrics.exists():
+        # the run's own notes (capped sizes, skipped tasks, balanced samples) are kept
+        try:
+            notes = list(json.loads(metrics.read_text()).get("notes") or []) + notes
+        except json.JSONDecodeError:
+            notes.append(f"{metrics} was not valid JSON; the run's earlier notes are lost")
+    console.print(f"rewriting the report of {root} from predictions.parquet ...", highlight=False)
+    source = stores.get("source")
+    written = write_report(root, cfg=cfg, source_store=source,
+                           target_store=stores.get("target") if source is not None else None,
+                           notes=notes, console=console)
+    _print_summary(root, console)
+    for n in notes:
+        console.print(f"  note: {escape(n)}", highlight=False)
+    console.print(f"[bold green]done[/]: open {root / 'report.html'}", highlight=False)
+    return written
 
 
 def _findings_lines(metrics_json: Path) -> list[str]:
