@@ -25,6 +25,7 @@ from morphtransfer.data.download import (
 )
 from morphtransfer.data.ingest import ingest
 from morphtransfer.data.store import Store
+from morphtransfer.errors import InputError
 from morphtransfer.surveys import get_survey
 
 GZ2_JPEG = "fixtures/galaxy_zoo_2/images/16126.jpg"
@@ -161,6 +162,9 @@ def test_size_and_urls():
     assert "pixscale=0.263" in url and "size=200" in url
     url, _ = cutout_url(get_survey("decals"), 1.0, 2.0, 64, base_url="http://127.0.0.1:9/x")
     assert url.startswith("http://127.0.0.1:9/x?") and "layer=ls-dr10" in url
+    # DESaccess needs an account: a clear refusal that says how to get and read such cutouts
+    with pytest.raises(InputError, match="DESaccess cutouts need a DES account.*morphtransfer ingest"):
+        cutout_url(get_survey("des_desaccess"), 1.0, 2.0, 64)
 
 
 def test_validation_rejects_html_and_truncation(shared_data):

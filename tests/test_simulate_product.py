@@ -94,3 +94,28 @@ def test_bad_products_are_refused_with_the_reason():
         to_rgb(np.zeros((3, 2, 2)), ("g", "r", "z"), SDSS)
     with pytest.raises(InputError, match="band scales"):
         to_rgb(np.zeros((2, 2, 2)), ("g", "r"), SDSS)
+
+
+def test_desaccess_product_is_astropys_lupton_on_coadd_counts_with_a_dark_sky():
+    """DES's own cutout service: make_lupton_rgb(minimum 1.0, stretch 50, Q 10) on coadd counts
+    (zero point 30: 1,000 counts per nanomaggy), PNG. The same DES sky noise that the Legacy
+    viewer's composite lifts to 32/255 stays dark, and the galaxy pixels match astropy's."""
+    from astropy.visualization import make_lupton_rgb
+
+    dess = get_survey("des_desaccess")
+    prod = dess.image_product
+    assert (prod.kind, prod.minimum, prod.stretch, prod.Q, prod.jpeg_quality) == ("lupton", 1.0, 50.0, 10.0, 0)
+    assert dess.band_names == get_survey("des").band_names
+    assert dess.pixel_scale_arcsec == get_survey("des").pixel_scale_arcsec
+    rng = np.random.default_rng(3)
+    sigma = np.array([get_survey("des").sky_noise_per_pixel(b) for b in "gri"])
+    flux = rng.normal(0.0, 1.0, size=(3, 64, 64)) * sigma[:, None, None]
+    flux[:, 28:36, 28:36] += np.array([0.2, 0.4, 0.6])[:, None, None]  # a red galaxy core
+    counts = flux * 1000.0
+    ref = make_lupton_rgb(counts[2], counts[1], counts[0], minimum=1.0, stretch=50.0, Q=10.0)
+    rgb = to_rgb(flux, ("g", "r", "i"), prod)
+    assert np.abs(rgb.astype(int) - ref).max() <= 1
+    sky = np.r_[rgb[:10].reshape(-1, 3), rgb[-10:].reshape(-1, 3)]
+    legacy_sky = to_rgb(flux, ("g", "r", "i"), DES)[:10].reshape(-1, 3)
+    assert np.median(sky) < 8 and np.median(legacy_sky) >= 30
+    assert rgb[32, 32, 0] > rgb[32, 32, 2]  # R = i brighter than B = g for a red core

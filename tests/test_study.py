@@ -597,3 +597,20 @@ def test_paired_source_ids_same_id_first_then_position():
                         "dec": [0.0, 0.0, 0.0]})
     # a: same id (although its position differs); x: 0.5" away; y: 2" away (too far); z: no position
     assert list(study.paired_source_ids(["a", "x", "y", "z"], tgt, src)) == ["a", "s2", "", ""]
+
+
+def test_simulated_pair_target_survey_is_configurable_and_checked():
+    assert study.simulated_pair({}) == ("sdss", "des")
+    assert study.simulated_pair({"simulate": {"target_survey": "DES_DESaccess"}}) == ("sdss", "des_desaccess")
+    for bad in ("sdss", "euclid"):
+        with pytest.raises(InputError, match=rf"\[simulate\] target_survey = '{bad}' unknown; use one of "
+                                             r"decals, des, des_desaccess"):
+            study.simulated_pair({"simulate": {"target_survey": bad}})
+    # the DES observations are the same in both: one random stream, so the same noise and votes
+    from morphtransfer.simulate.pipeline import simulate_galaxy
+
+    g = simulate_galaxy(0, 4, surveys=("des", "des_desaccess"))
+    (row_l, img_l), (row_d, img_d) = g["des"], g["des_desaccess"]
+    votes = [c for c in row_l if c.endswith("_count")]
+    assert votes and all(row_l[c] == row_d[c] for c in votes)
+    assert not np.allclose(img_l, img_d)  # the served products differ

@@ -608,7 +608,21 @@ def _engine():
     return train
 
 
-def _simulate(n: int, seed: int, out: Path, workers: int) -> None:
+def simulated_pair(cfg: dict) -> tuple[str, str]:
+    """(source, target) survey names of the built-in simulated pair: SDSS and ``[simulate]
+    target_survey`` ("des", the Legacy Survey viewer's DES composite, by default; "des_desaccess",
+    the same DES observations as DES's own cutout service serves them; surveys.py)."""
+    from morphtransfer.surveys import SURVEYS
+
+    name = str(cfg.get("simulate", {}).get("target_survey", "des")).strip().lower()
+    if name not in SURVEYS or name == "sdss":
+        known = ", ".join(sorted(k for k in SURVEYS if k != "sdss"))
+        raise InputError(f"[simulate] target_survey = {name!r} unknown; use one of {known}")
+    return "sdss", name
+
+
+def _simulate(n: int, seed: int, out: Path, workers: int,
+              surveys: tuple[str, str] = ("sdss", "des")) -> None:
     import inspect
 
     try:
@@ -620,6 +634,8 @@ def _simulate(n: int, seed: int, out: Path, workers: int) -> None:
     # the simulator's own gallery and GZ2 comparison are not part of the study's report
     if "report" in inspect.signature(simulate).parameters:
         kwargs["report"] = False
+    if tuple(surveys) != ("sdss", "des"):
+        kwargs["surveys"] = tuple(surveys)
     simulate(n, seed, out, **kwargs)
 
 
@@ -877,7 +893,7 @@ def run_study(
         sim = cfg.get("simulate", {})
         sim_n = int(sim.get("n_galaxies", 6000))
         data = paths.root / "data"
-        source, target = data / "sdss", data / "des"
+        source, target = (data / name for name in simulated_pair(cfg))
         inputs = {"simulated": True, "n_galaxies": sim_n, "seed": int(sim.get("seed", 0))}
         # the estimate before anything runs: the configured sizes, nothing capped yet
         plan0, _ = plan_experiments(cfg, list(cfg["study"]["tasks"]))
@@ -1094,7 +1110,7 @@ def report_run(out: str | os.PathLike, console=None) -> dict:
                          "re-run the study into a new --out folder") from exc
     inputs = cfg.get("inputs", {})
     if inputs.get("simulated"):
-        places = {"source": root / "data" / "sdss", "target": root / "data" / "des"}
+        places = dict(zip(("source", "target"), (root / "data" / n for n in simulated_pair(cfg))))
     else:
         places = {k: Path(inputs[k]) for k in ("source", "target") if inputs.get(k)}
     stores, notes = {}, []
@@ -1181,9 +1197,10 @@ def _ensure_simulated(data: Path, cfg: dict, console, n: int) -> None:
         highlight=False,
     )
     t0 = time.time()
-    _simulate(n, int(sim.get("seed", 0)), data, int(sim.get("workers", 2)))
+    _simulate(n, int(sim.get("seed", 0)), data, int(sim.get("workers", 2)), simulated_pair(cfg))
     data.mkdir(parents=True, exist_ok=True)
     _write_atomic(done, json.dumps({"n_galaxies": n, "seed": int(sim.get("seed", 0)),
+                                    "surveys": list(simulated_pair(cfg)),
                                     "simulator_version": SIMULATOR_VERSION,
                                     "elapsed_s": round(time.time() - t0, 1)}))
 

@@ -62,8 +62,8 @@ class ImageProduct:
     sdss_rgb: asinh(Q I) / sqrt(Q) of the mean of the offset, scaled bands, each channel clipped).
     ``channels``: the band shown in R, G, B. ``band_scales``: multiplier per band (same order as
     the survey's bands) applied before the stretch. ``stretch`` / ``Q``: the asinh's linear range
-    and softening (Lupton); ``Q`` and ``offset`` (legacy ``m``). ``jpeg_quality``: 0 for a
-    lossless PNG-like product.
+    and softening (Lupton), ``minimum`` its black point (in scaled units; below it a pixel is
+    black); ``Q`` and ``offset`` (legacy ``m``). ``jpeg_quality``: 0 for a lossless PNG product.
     """
 
     kind: str
@@ -73,6 +73,7 @@ class ImageProduct:
     stretch: float = 1.0
     offset: float = 0.0
     jpeg_quality: int = 75
+    minimum: float = 0.0
 
     def __post_init__(self):
         if self.kind not in IMAGE_PRODUCT_KINDS:
@@ -93,7 +94,7 @@ class Survey:
     title: str
     pixel_scale_arcsec: float
     bands: tuple[Band, ...]
-    cutout_service: str  # "sdss_skyserver" | "legacy_survey"; read by data.download
+    cutout_service: str  # "sdss_skyserver" | "legacy_survey" (read by data.download) | "desaccess"
     cutout_layer: str = ""  # layer name at the cutout service (Legacy Survey: "des-dr1", "ls-dr10")
     # Galaxy Zoo-like volunteer votes per galaxy in this survey's project (range drawn uniformly).
     votes_min: int = 40
@@ -163,6 +164,14 @@ class Survey:
 #    image_product_calibration.py). DES and DECaLS: the Legacy Survey viewer's composite,
 #    legacypipe survey.py sdss_rgb defaults (scales g 6.0, r 3.4, i 3.0, z 2.2; m = 0.03; Q = 20).
 #    JPEG quality 75 for both (Pillow's and IDL's default; the services do not state theirs).
+#  DES through DES's own cutout service (``des_desaccess``): DESaccess (des-labs/des-tasks,
+#    cutout/worker/bulkthumbs.py and config.default.yaml) runs astropy's make_lupton_rgb on the
+#    coadd FITS cutouts (counts at zero point 30: 1,000 per nanomaggy) with rgb_minimum 1.0,
+#    rgb_stretch 50, rgb_asinh (Q) 10, and saves a PNG; bands here R = i, G = r, B = g (the
+#    service's own default, 'gri', puts g in red). Its sky is dark, where the Legacy viewer's is
+#    grey (configs/README.md, "Training from scratch on DES images"). The same DES observations
+#    (PSF, noise, volunteers) as ``des``: only the served product differs. DESaccess needs an
+#    account, so morphtransfer does not download from it.
 SURVEYS: dict[str, Survey] = {
     "sdss": Survey(
         name="sdss",
@@ -197,6 +206,23 @@ SURVEYS: dict[str, Survey] = {
         image_product=ImageProduct(
             kind="legacy_asinh", channels=("i", "r", "g"), band_scales=(6.0, 3.4, 3.0), Q=20.0,
             offset=0.03,
+        ),
+    ),
+    "des_desaccess": Survey(
+        name="des_desaccess",
+        title="DES Y1 (DESaccess colour cutouts)",
+        pixel_scale_arcsec=0.263,
+        bands=(
+            Band("g", fwhm_arcsec=1.25, depth_mag=23.4, depth_sigma=10.0, sky_mag_arcsec2=22.0),
+            Band("r", fwhm_arcsec=1.07, depth_mag=23.2, depth_sigma=10.0, sky_mag_arcsec2=21.1),
+            Band("i", fwhm_arcsec=0.97, depth_mag=22.5, depth_sigma=10.0, sky_mag_arcsec2=20.4),
+        ),
+        cutout_service="desaccess",
+        votes_min=5,
+        votes_max=40,
+        image_product=ImageProduct(
+            kind="lupton", channels=("i", "r", "g"), band_scales=(1000.0, 1000.0, 1000.0), Q=10.0,
+            stretch=50.0, minimum=1.0, jpeg_quality=0,
         ),
     ),
     "decals": Survey(

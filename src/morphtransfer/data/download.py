@@ -85,6 +85,11 @@ def cutout_url(
 ) -> tuple[str, str]:
     """(url, file suffix) of one cutout at the survey's native pixel scale."""
     service = survey.cutout_service
+    if service == "desaccess":
+        raise InputError(f"survey {survey.name!r}: DESaccess cutouts need a DES account, so "
+                         "morphtransfer does not download them; make them at "
+                         "https://des.ncsa.illinois.edu/desaccess (Lupton PNGs, colours 'irg') "
+                         "and read them with `morphtransfer ingest`")
     base = base_url or SERVICE_URLS.get(service)
     if base is None:
         raise InputError(f"survey {survey.name!r} has no known cutout service ({service!r})")

@@ -41,7 +41,8 @@ from morphtransfer.tasks import add_fractions
 SIMULATOR_VERSION = 6  # 6: ovals and lenses in disks (population.py); 5: stronger, longer bars
 DEFAULT_SURVEYS = ("sdss", "des")
 # Stable per-survey random streams (never derived from process order or Python's salted hash).
-_SURVEY_STREAMS = {"sdss": 1, "des": 2, "decals": 3}
+# des_desaccess shares des's: the same DES observations (PSF, noise, votes), served another way.
+_SURVEY_STREAMS = {"sdss": 1, "des": 2, "decals": 3, "des_desaccess": 2}
 
 
 def survey_stream(name: str) -> int:
