@@ -86,8 +86,9 @@ BAR_PLUS_BULGE_MAX = 0.85
 # JPEGs of GZ1 spirals, so a bar was the only inner m = 2 pattern a network ever saw. With the
 # values below the simulated SDSS disks reach the real 90th percentile of that statistic (0.176 /
 # 0.177 in two draws, real 0.172) and their median rises from 0.043 to 0.052 (real 0.078): the
-# lower half stays smoother than real (README, "Ovals and lenses at version 6"). Drawn from the galaxy's own stream OVAL_STREAM, so
-# each galaxy keeps every version-5 parameter and gains the oval.
+# lower half stays smoother than real (README, "Ovals and lenses at version 6"). Drawn from the
+# galaxy's own stream OVAL_STREAM, so each galaxy keeps every version-5 parameter and gains the
+# oval.
 OVAL_STREAM = 100
 OVAL_FRACTION = 0.8
 OVAL_STRENGTH = (0.05, 0.25)  # the oval's share of the total light

@@ -56,8 +56,8 @@ def stretch_channels(fluxes: np.ndarray, bands, product: ImageProduct) -> np.nda
         shape = rgb.shape[1:]
         flat = rgb.reshape(3, -1, shape[-1])
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = make_lupton_rgb(*flat, minimum=product.minimum, stretch=product.stretch, Q=product.Q,
-                                  output_dtype=np.float64)
+            out = make_lupton_rgb(*flat, minimum=product.minimum, stretch=product.stretch,
+                                  Q=product.Q, output_dtype=np.float64)
         return np.moveaxis(out.astype(np.float32), -1, 0).reshape((3,) + shape)
     # legacypipe sdss_rgb: I = mean(max(0, x s + m)); channel = (x s + m) asinh(Q I)/sqrt(Q) / I,
     # each channel clipped to [0, 1]
