@@ -4,7 +4,8 @@ The study (and every Galaxy Zoo-trained CNN) does not see fluxes. It sees each s
 colour composite: for SDSS the SkyServer JPEG (Lupton et al. 2004 asinh, R = i, G = r, B = g),
 for DES the Legacy Survey viewer's ``des-dr1`` layer (legacypipe's ``sdss_rgb``: per-band scales,
 a softening offset ``m``, ``asinh(Q I) / sqrt(Q)``, R = i, G = r, B = g). Both are clipped to
-8 bits and JPEG-compressed. The stretch differs between the surveys and is not undone by the
+8 bits and JPEG-compressed. (``des_desaccess``: the same DES data as DES's own cutout service
+serves them, astropy's Lupton asinh on the coadd counts, saved as PNG; surveys.py.) The stretch differs between the surveys and is not undone by the
 study's per-band maximum normalisation: the same galaxy has a different light profile, a
 different saturated core and a different background texture in the two products. That is one of
 the differences between surveys that a model trained on one meets in the other, and the simulator
