@@ -172,6 +172,11 @@ class Survey:
 #    grey (configs/README.md, "Training from scratch on DES images"). The same DES observations
 #    (PSF, noise, volunteers) as ``des``: only the served product differs. DESaccess needs an
 #    account, so morphtransfer does not download from it.
+_DES_Y1_BANDS = (
+    Band("g", fwhm_arcsec=1.25, depth_mag=23.4, depth_sigma=10.0, sky_mag_arcsec2=22.0),
+    Band("r", fwhm_arcsec=1.07, depth_mag=23.2, depth_sigma=10.0, sky_mag_arcsec2=21.1),
+    Band("i", fwhm_arcsec=0.97, depth_mag=22.5, depth_sigma=10.0, sky_mag_arcsec2=20.4),
+)
 SURVEYS: dict[str, Survey] = {
     "sdss": Survey(
         name="sdss",
@@ -194,11 +199,7 @@ SURVEYS: dict[str, Survey] = {
         name="des",
         title="DES Y1",
         pixel_scale_arcsec=0.263,
-        bands=(
-            Band("g", fwhm_arcsec=1.25, depth_mag=23.4, depth_sigma=10.0, sky_mag_arcsec2=22.0),
-            Band("r", fwhm_arcsec=1.07, depth_mag=23.2, depth_sigma=10.0, sky_mag_arcsec2=21.1),
-            Band("i", fwhm_arcsec=0.97, depth_mag=22.5, depth_sigma=10.0, sky_mag_arcsec2=20.4),
-        ),
+        bands=_DES_Y1_BANDS,
         cutout_service="legacy_survey",
         cutout_layer="des-dr1",
         votes_min=5,
@@ -212,11 +213,7 @@ SURVEYS: dict[str, Survey] = {
         name="des_desaccess",
         title="DES Y1 (DESaccess colour cutouts)",
         pixel_scale_arcsec=0.263,
-        bands=(
-            Band("g", fwhm_arcsec=1.25, depth_mag=23.4, depth_sigma=10.0, sky_mag_arcsec2=22.0),
-            Band("r", fwhm_arcsec=1.07, depth_mag=23.2, depth_sigma=10.0, sky_mag_arcsec2=21.1),
-            Band("i", fwhm_arcsec=0.97, depth_mag=22.5, depth_sigma=10.0, sky_mag_arcsec2=20.4),
-        ),
+        bands=_DES_Y1_BANDS,
         cutout_service="desaccess",
         votes_min=5,
         votes_max=40,
