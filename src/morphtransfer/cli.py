@@ -317,7 +317,8 @@ def run_cmd(
 
 @app.command("report")
 def report_cmd(
-    run_dir: Path = typer.Argument(Path("runs/quick"), help="a study run folder (morphtransfer run --out)"),
+    run_dir: Path = typer.Argument(Path("runs/quick"),
+                                   help="a study run folder (morphtransfer run --out)"),
 ) -> None:
     """Write a run's report again (Table 2, figures, metrics.json, report.html) from its
     predictions.parquet, training nothing: after an upgrade of the report, or a run whose report

@@ -1128,10 +1128,8 @@ def report_run(out: str | os.PathLike, console=None) -> dict:
         except json.JSONDecodeError:
             notes.append(f"{metrics} was not valid JSON; the run's earlier notes are lost")
     console.print(f"rewriting the report of {root} from predictions.parquet ...", highlight=False)
-    source = stores.get("source")
-    written = write_report(root, cfg=cfg, source_store=source,
-                           target_store=stores.get("target") if source is not None else None,
-                           notes=notes, console=console)
+    written = write_report(root, cfg=cfg, source_store=stores.get("source"),
+                           target_store=stores.get("target"), notes=notes, console=console)
     _print_summary(root, console)
     for n in notes:
         console.print(f"  note: {escape(n)}", highlight=False)
