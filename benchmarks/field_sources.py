@@ -12,7 +12,7 @@ Ellipticals (GZ1 class 0) are counted apart, since a spiral's own knots can coun
     python benchmarks/field_sources.py [--n 1000]
 
 Prints JSON: the fraction of cutouts with at least one other source and the mean number, real and
-simulated. About 1 minute per 1,000 real images on one core.
+simulated. About 20 s for the default --n 1000.
 """
 
 from __future__ import annotations
@@ -39,15 +39,13 @@ def other_sources(img: np.ndarray, n_sigma: float = 5.0, min_pixels: int = 4,
     sky = np.median(frame)
     sigma = 1.4826 * np.median(np.abs(frame - sky)) + 1e-6
     labels, n = ndimage.label(r > sky + n_sigma * sigma)
+    if n == 0:
+        return 0
+    ids = np.arange(1, n + 1)
+    size = ndimage.sum_labels(np.ones_like(r), labels, ids)
+    peak = np.asarray(ndimage.maximum(r, labels, ids))
     centre = labels[r.shape[0] // 2, r.shape[1] // 2]
-    count = 0
-    for k in range(1, n + 1):
-        if k == centre:
-            continue
-        m = labels == k
-        if m.sum() >= min_pixels and r[m].max() - sky >= min_peak:
-            count += 1
-    return count
+    return int(((size >= min_pixels) & (peak - sky >= min_peak) & (ids != centre)).sum())
 
 
 def _summary(counts) -> dict:

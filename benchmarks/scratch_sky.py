@@ -88,8 +88,11 @@ def main() -> None:
     work = Path(args.work) if args.work else run / "scratch_sky"
     work.mkdir(parents=True, exist_ok=True)
     splits = pd.read_parquet(run / "splits.parquet")
-    stores = {"target": open_store(run / "data" / "des"), "source": open_store(run / "data" / "sdss")}
-    stores["target_nosky"] = open_store(nosky_copy(run / "data" / "des", work / "des_nosky"))
+    source_name, target_name = study.simulated_pair(cfg)
+    stores = {"target": open_store(run / "data" / target_name),
+              "source": open_store(run / "data" / source_name)}
+    stores["target_nosky"] = open_store(nosky_copy(run / "data" / target_name,
+                                                   work / f"{target_name}_nosky"))
     split_seed = cfg["study"]["split_seed"]
 
     rows_out = []

@@ -623,20 +623,10 @@ def simulated_pair(cfg: dict) -> tuple[str, str]:
 
 def _simulate(n: int, seed: int, out: Path, workers: int,
               surveys: tuple[str, str] = ("sdss", "des")) -> None:
-    import inspect
+    from morphtransfer.simulate import simulate
 
-    try:
-        from morphtransfer.simulate import simulate
-    except ImportError:
-        from morphtransfer.simulate.pipeline import simulate
-
-    kwargs = {"workers": workers}
     # the simulator's own gallery and GZ2 comparison are not part of the study's report
-    if "report" in inspect.signature(simulate).parameters:
-        kwargs["report"] = False
-    if tuple(surveys) != ("sdss", "des"):
-        kwargs["surveys"] = tuple(surveys)
-    simulate(n, seed, out, **kwargs)
+    simulate(n, seed, out, workers=workers, surveys=tuple(surveys), report=False)
 
 
 def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_tune: bool = False):

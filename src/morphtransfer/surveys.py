@@ -17,7 +17,7 @@ The numbers that define each survey are quoted with their source; everything els
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from morphtransfer.errors import InputError
 
@@ -172,11 +172,6 @@ class Survey:
 #    grey (configs/README.md, "Training from scratch on DES images"). The same DES observations
 #    (PSF, noise, volunteers) as ``des``: only the served product differs. DESaccess needs an
 #    account, so morphtransfer does not download from it.
-_DES_Y1_BANDS = (
-    Band("g", fwhm_arcsec=1.25, depth_mag=23.4, depth_sigma=10.0, sky_mag_arcsec2=22.0),
-    Band("r", fwhm_arcsec=1.07, depth_mag=23.2, depth_sigma=10.0, sky_mag_arcsec2=21.1),
-    Band("i", fwhm_arcsec=0.97, depth_mag=22.5, depth_sigma=10.0, sky_mag_arcsec2=20.4),
-)
 SURVEYS: dict[str, Survey] = {
     "sdss": Survey(
         name="sdss",
@@ -199,7 +194,11 @@ SURVEYS: dict[str, Survey] = {
         name="des",
         title="DES Y1",
         pixel_scale_arcsec=0.263,
-        bands=_DES_Y1_BANDS,
+        bands=(
+            Band("g", fwhm_arcsec=1.25, depth_mag=23.4, depth_sigma=10.0, sky_mag_arcsec2=22.0),
+            Band("r", fwhm_arcsec=1.07, depth_mag=23.2, depth_sigma=10.0, sky_mag_arcsec2=21.1),
+            Band("i", fwhm_arcsec=0.97, depth_mag=22.5, depth_sigma=10.0, sky_mag_arcsec2=20.4),
+        ),
         cutout_service="legacy_survey",
         cutout_layer="des-dr1",
         votes_min=5,
@@ -207,19 +206,6 @@ SURVEYS: dict[str, Survey] = {
         image_product=ImageProduct(
             kind="legacy_asinh", channels=("i", "r", "g"), band_scales=(6.0, 3.4, 3.0), Q=20.0,
             offset=0.03,
-        ),
-    ),
-    "des_desaccess": Survey(
-        name="des_desaccess",
-        title="DES Y1 (DESaccess colour cutouts)",
-        pixel_scale_arcsec=0.263,
-        bands=_DES_Y1_BANDS,
-        cutout_service="desaccess",
-        votes_min=5,
-        votes_max=40,
-        image_product=ImageProduct(
-            kind="lupton", channels=("i", "r", "g"), band_scales=(1000.0, 1000.0, 1000.0), Q=10.0,
-            stretch=50.0, minimum=1.0, jpeg_quality=0,
         ),
     ),
     "decals": Survey(
@@ -241,6 +227,19 @@ SURVEYS: dict[str, Survey] = {
         ),
     ),
 }
+
+# The same DES observations (bands, PSF, depth, votes) as DES's own cutout service serves them.
+SURVEYS["des_desaccess"] = replace(
+    SURVEYS["des"],
+    name="des_desaccess",
+    title="DES Y1 (DESaccess colour cutouts)",
+    cutout_service="desaccess",
+    cutout_layer="",
+    image_product=ImageProduct(
+        kind="lupton", channels=("i", "r", "g"), band_scales=(1000.0, 1000.0, 1000.0), Q=10.0,
+        stretch=50.0, minimum=1.0, jpeg_quality=0,
+    ),
+)
 
 
 def get_survey(name: str) -> Survey:
