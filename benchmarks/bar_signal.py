@@ -12,7 +12,8 @@ own true bar flag, this scores how well the true bars can be told apart (ROC AUC
   (crop 10 x R90, area average, / maximum), for each step of the image chain: the noise-free model
   at 3x the input resolution (``m2_noise_free_207px``), at the 69 x 69 input
   (``m2_noise_free``), with sky and galaxy noise (``m2_noisy_linear``), and the served product
-  the CNN sees (``m2_served``: colour stretch, 8 bits, JPEG).
+  the CNN sees (``m2_served``: colour stretch, 8 bits, JPEG). The noise-free steps are the galaxy
+alone; the noisy and served ones hold its field stars and galaxies too (simulator version 7).
 
 The m = 2 classifier is a floor, not the best a CNN can do; the drop from one step to the next is
 what it measures. Prints JSON; about 1 minute per 300 galaxies and survey on one core.
@@ -42,6 +43,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from morphtransfer.data.preprocess import preprocess_cutout
+from morphtransfer.simulate.field import galaxy_field
 from morphtransfer.simulate.pipeline import survey_stream, volunteer_counts
 from morphtransfer.simulate.population import MAG_MAIN_SAMPLE_LIMIT, draw_galaxy, galaxy_rng
 from morphtransfer.simulate.render import CUTOUT_R90, observe
@@ -86,7 +88,8 @@ def measure(survey_name: str, n: int, max_incl: float, seed: int) -> dict:
         if not g.disk or g.inclination_deg > max_incl or g.mag_r > MAG_MAIN_SAMPLE_LIMIT:
             continue
         # the same random streams as the simulated Store: these are the images and votes it holds
-        obs = observe(g, sv, galaxy_rng(seed, index - 1, survey_stream(sv.name)), keep_stamps=True)
+        obs = observe(g, sv, galaxy_rng(seed, index - 1, survey_stream(sv.name)), keep_stamps=True,
+                      field=galaxy_field(seed, index - 1, g.r90_arcsec))
         counts = volunteer_counts(obs, sv, seed, index - 1, VolunteerModel())
         yes, no = int(counts["bar_yes_count"][0]), int(counts["bar_no_count"][0])
         votes.append(yes / (yes + no) if yes + no else 0.0)
@@ -145,7 +148,8 @@ def real_comparison(n: int, seed: int, outer_max: float = 0.2) -> dict:
             continue
         side = gz1_frame_r90(g)
         # the served SkyServer product, preprocessed as the real JPEGs (r: the middle channel)
-        obs = observe(g, sv, galaxy_rng(seed, index - 1, survey_stream(sv.name)), cutout_r90=side)
+        obs = observe(g, sv, galaxy_rng(seed, index - 1, survey_stream(sv.name)), cutout_r90=side,
+                      field=galaxy_field(seed, index - 1, g.r90_arcsec, side))
         sim.append(inner_outer(obs.images[1]))
         bars.append(g.bar)
     r, s_, b = np.asarray(real), np.asarray(sim), np.asarray(bars)

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import ndimage
 
 from image_product_calibration import REAL, frame_pixels, real_input  # benchmarks/, beside this
+from morphtransfer.simulate.field import galaxy_field
 from morphtransfer.simulate.pipeline import survey_stream
 from morphtransfer.simulate.population import draw_galaxy, galaxy_rng
 from morphtransfer.simulate.render import observe
@@ -58,6 +59,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="real JPEGs (and half as many simulated)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--no-field", action="store_true",
+                    help="simulated galaxies without their field stars and galaxies (version 6)")
     a = ap.parse_args(argv)
     labels = REAL.parent / "labels.csv"
     if not labels.exists():
@@ -74,7 +77,8 @@ def main(argv=None) -> None:
             i += 1
             if smooth and g.disk:
                 continue
-            obs = observe(g, sv, galaxy_rng(a.seed, i - 1, survey_stream(sv.name)))
+            fld = None if a.no_field else galaxy_field(a.seed, i - 1, g.r90_arcsec)
+            obs = observe(g, sv, galaxy_rng(a.seed, i - 1, survey_stream(sv.name)), field=fld)
             sim.append(other_sources(obs.images))
         out[name] = {"real_skyserver": _summary(real), "simulated_sdss": _summary(sim)}
     print(json.dumps(out))

@@ -5,7 +5,8 @@ columns.
     >>> from morphtransfer.simulate import simulate
     >>> result = simulate(3000, seed=0, out="data/mock")      # data/mock/sdss, data/mock/des
 
-Modules: population (intrinsic galaxies), render (GalSim, per survey), volunteers (votes),
+Modules: population (intrinsic galaxies), field (the stars and galaxies around each one),
+render (GalSim, per survey), volunteers (votes),
 pipeline (streaming, resumable writing), summary (label rates, gallery, GZ2 comparison).
 """
 

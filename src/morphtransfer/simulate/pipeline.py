@@ -1,7 +1,8 @@
 """simulate(): the built-in survey pair, written as one Store per survey, streaming and resumable.
 
 Every galaxy is a pure function of (seed, galaxy index, survey): its intrinsic properties come from
-stream 0 of its own generator, its image noise, PSF and volunteers from a stream per survey
+stream 0 of its own generator (its oval and its field of stars and galaxies, field.py, from streams
+of their own), its image noise, PSF and volunteers from a stream per survey
 (population.galaxy_rng). So batches can be rendered by any worker in any order, a galaxy missing
 from one store can be re-rendered for that store alone, and the same seed gives the same
 catalogues and images. Results are committed in galaxy-index order, so the stores' image_index
@@ -27,6 +28,7 @@ import pandas as pd
 
 from morphtransfer.data.store import IMAGE_SIZE, StoreWriter
 from morphtransfer.errors import InputError
+from morphtransfer.simulate.field import galaxy_field
 from morphtransfer.simulate.population import draw_galaxy, galaxy_id, galaxy_rng
 from morphtransfer.simulate.render import MAX_STAMP_PIXELS, observe
 from morphtransfer.simulate.volunteers import (
@@ -38,7 +40,9 @@ from morphtransfer.simulate.volunteers import (
 from morphtransfer.surveys import get_survey
 from morphtransfer.tasks import add_fractions
 
-SIMULATOR_VERSION = 6  # 6: ovals and lenses in disks (population.py); 5: stronger, longer bars
+# 7: field stars, galaxies and companions in every cutout (field.py); 6: ovals and lenses in disks
+# (population.py); 5: stronger, longer bars
+SIMULATOR_VERSION = 7
 DEFAULT_SURVEYS = ("sdss", "des")
 # Stable per-survey random streams (never derived from process order or Python's salted hash).
 # des_desaccess shares des's: the same DES observations (PSF, noise, votes), served another way.
@@ -72,11 +76,13 @@ def simulate_galaxy(
     model = volunteers or VolunteerModel()
     g = draw_galaxy(seed, index)
     truth = g.truth_row()
+    # the sky around it, the same for every survey (each renders what its depth reaches)
+    fld = galaxy_field(seed, index, g.r90_arcsec)
     out = {}
     for name in surveys:
         sv = get_survey(name)
         stream = survey_stream(sv.name)
-        obs = observe(g, sv, galaxy_rng(seed, index, stream), max_pixels=max_pixels)
+        obs = observe(g, sv, galaxy_rng(seed, index, stream), max_pixels=max_pixels, field=fld)
         counts = volunteer_counts(obs, sv, seed, index, model)
         row = {
             "id": g.id,
@@ -91,6 +97,7 @@ def simulate_galaxy(
         row.update(obs.catalog_row())
         row.update({k: int(v[0]) for k, v in counts.items()})
         row.update(truth)
+        row.update(fld.summary_row())
         out[sv.name] = (row, obs.images)
     return out
 

@@ -55,6 +55,7 @@ import scipy.fft
 
 from morphtransfer.data.preprocess import CROP_FACTOR, IMAGE_SIZE, preprocess_cutout
 from morphtransfer.errors import InputError
+from morphtransfer.simulate.field import BRIGHT_GALAXY_MAG, GALAXY, HLR_CLASS_EDGES, STAR, Field, render_limit
 from morphtransfer.simulate.population import Galaxy
 from morphtransfer.simulate.product import serve
 from morphtransfer.surveys import FWHM_TO_SIGMA, Survey, get_survey
@@ -258,6 +259,49 @@ def knots_kimage(g: Galaxy, grid: KGrid) -> np.ndarray:
     return env * phase
 
 
+def field_kimages(fld: Field, grid: KGrid, bands) -> dict[str, np.ndarray]:
+    """Fourier transforms of the field's sources on the grid, one per band (fluxes in
+    nanomaggies; field.py): point sources, bright galaxies one by one, fainter ones by size class
+    with their shifts summed as one matrix product per band."""
+    out = {b: np.zeros((len(grid.ky), len(grid.kx)), dtype=np.complex128) for b in bands}
+    if len(fld) == 0:
+        return out
+    fluxes = {b: fld.band_fluxes(b) for b in bands}
+    bright = (fld.kind == GALAXY) & (fld.mag_r < BRIGHT_GALAXY_MAG)
+    for j in np.flatnonzero(bright):
+        obj = galsim.Exponential(half_light_radius=float(fld.hlr_arcsec[j]), gsparams=GSPARAMS)
+        obj = obj.shear(q=float(fld.axis_ratio[j]), beta=float(fld.angle_deg[j]) * galsim.degrees)
+        k = grid.draw(obj.shift(float(fld.x_arcsec[j]), float(fld.y_arcsec[j])))
+        for b in bands:
+            out[b] += fluxes[b][j] * k
+    ex = np.exp(-1j * np.outer(fld.x_arcsec, grid.kx))  # (J, nkx)
+    ey = np.exp(-1j * np.outer(fld.y_arcsec, grid.ky))  # (J, nky)
+    stars = fld.kind == STAR
+    classes = [(stars, None)]
+    faint = (fld.kind == GALAXY) & ~bright
+    for lo, hi in zip(HLR_CLASS_EDGES[:-1], HLR_CLASS_EDGES[1:]):
+        sel = faint & (fld.hlr_arcsec >= lo) & (fld.hlr_arcsec < hi)
+        if sel.any():
+            classes.append((sel, float(np.median(fld.hlr_arcsec[sel]))))
+    for sel, hlr in classes:
+        if not sel.any():
+            continue
+        env = 1.0 if hlr is None else grid.draw(galsim.Exponential(half_light_radius=hlr, gsparams=GSPARAMS)).real
+        eyT = ey[sel].T
+        for b in bands:
+            out[b] += env * ((eyT * fluxes[b][sel][None, :]) @ ex[sel])
+    return out
+
+
+def render_field(fld: Field, survey: Survey, grid: KGrid, psf_fwhm: dict[str, float]) -> np.ndarray:
+    """Noise-free stamps (bands, n, n) of the field sources this survey renders: brighter than
+    field.render_limit, and within the FFT grid's reach (no light wraps round the periodic grid)."""
+    sigma = max(psf_fwhm.values()) * FWHM_TO_SIGMA
+    reach = 0.5 * grid.m * grid.geom.pixel_scale_arcsec - 3 * sigma
+    fld = fld.brighter_than(render_limit(survey)).within(reach)
+    return render_kimages({}, {}, grid, psf_fwhm, extra=field_kimages(fld, grid, list(psf_fwhm)))
+
+
 def band_flux(g: Galaxy, component: str, flux_r: float, band: str) -> float:
     """Component flux in ``band`` from its r flux and colours (g-r, r-i, r-z)."""
     if band == "r":
@@ -309,11 +353,15 @@ def render_kimages(
     fluxes: dict[str, dict[str, float]],
     grid: KGrid,
     psf_fwhm: dict[str, float],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Noise-free stamps (bands, n, n): sum_c flux_cb K_c x PSF_b x pixel, inverse FFT."""
+    """Noise-free stamps (bands, n, n): sum_c flux_cb K_c (+ ``extra[band]``, already in flux
+    units) x PSF_b x pixel, inverse FFT."""
     out = []
     for band, fwhm in psf_fwhm.items():
         k = sum(fluxes[band][c] * kimages[c] for c in kimages)
+        if extra is not None:
+            k = k + extra[band]
         out.append(grid.to_stamp(k * grid.gaussian_psf(fwhm) * grid.pixel))
     return np.stack(out)
 
@@ -381,9 +429,12 @@ def observe(
     max_pixels: int = MAX_STAMP_PIXELS,
     contrast_floor: float = CONTRAST_FLOOR,
     cutout_r90: float = CUTOUT_R90,
+    field: Field | None = None,
 ) -> Observation:
     """Render galaxy ``g`` in ``survey``: (bands, model_size, model_size) model input plus the
-    per-survey visibility of its features."""
+    per-survey visibility of its features. With ``field`` (field.py) its stars and galaxies are
+    in the image too, through the same PSF, noise and served product; ``models`` and the
+    visibilities stay the galaxy's alone."""
     survey = get_survey(survey) if isinstance(survey, str) else survey
     bands = survey.band_names
     psf_fwhm = draw_psf_fwhm(survey, rng)
@@ -394,21 +445,24 @@ def observe(
     comp_r = g.component_fluxes_r()
     fluxes = {b: {c: band_flux(g, c, comp_r[c], b) for c in kims} for b in bands}
     models = render_kimages(kims, fluxes, grid, psf_fwhm)
+    scene = models
+    if field is not None:
+        scene = models + render_field(field, survey, grid, psf_fwhm)
     noisy = served = None
     if survey.image_product is not None:
         # what the survey's cutout service serves: noise per native pixel, its colour stretch,
         # 8 bits, JPEG (product.py)
-        served = serve_survey(models, survey, bands, geom.binning, rng)
+        served = serve_survey(scene, survey, bands, geom.binning, rng)
         source = served
     else:
-        noisy = add_noise(models, survey, bands, geom.binning, rng)
+        noisy = add_noise(scene, survey, bands, geom.binning, rng)
         source = noisy
     # the study's preprocessing, shared with real data: crop 10 x R90 (fractional edges),
     # area-average to 69 x 69, each band / its maximum
     images = preprocess_cutout(source, geom.pixel_scale_arcsec, g.r90_arcsec, size=model_size,
                                crop_factor=cutout_r90)
     if keep_stamps and noisy is None:
-        noisy = add_noise(models, survey, bands, geom.binning, rng)
+        noisy = add_noise(scene, survey, bands, geom.binning, rng)
 
     # --- visibility, measured in the band nearest r -------------------------------------------
     jr = bands.index("r") if "r" in bands else len(bands) // 2
