@@ -27,9 +27,10 @@ galaxy's centre in arcsec, +x along image columns, as population.py):
   Connolly et al. 2002, ApJ 579, 42), drawn as extra galaxies at radii from that profile;
   W_1ARCMIN is the one number set by the real frames (field_sources.py), see below.
 
-Sources are drawn down to FIELD_MAG_MAX (fainter ones are below either survey's noise in the
-model input). A survey renders those brighter than its own r-band 5 sigma point-source depth
-+ RENDER_DEPTH_MARGIN mag (``render_limit``).
+Sources are drawn down to FIELD_MAG_MAX, DES's 5 sigma point-source depth. A survey renders
+those brighter than its own r-band 5 sigma point-source depth + RENDER_DEPTH_MARGIN mag
+(``render_limit``): fainter ones are below its noise one by one, and together (under 0.1% of the
+sky's surface brightness) below anything the model input shows.
 
 Rendering (render.field_kimages): on the galaxy's own k-grid, so the field goes through the same
 PSF, pixels, noise and served product as the galaxy. Stars are GalSim point sources; galaxies
@@ -55,7 +56,7 @@ from morphtransfer.surveys import Survey, mag_to_flux
 
 FIELD_STREAM = 101  # the field's own random stream: every version-6 parameter of a galaxy is kept
 
-FIELD_MAG_MIN, FIELD_MAG_MAX = 13.0, 24.5
+FIELD_MAG_MIN, FIELD_MAG_MAX = 13.0, 24.0
 MAG_STEP = 0.05  # magnitude grid of the Poisson draw
 # stars (high galactic latitude)
 STAR_LOG_N20, STAR_SLOPE, STAR_SLOPE_BRIGHT, STAR_BREAK_MAG = 2.78, 0.12, 0.35, 17.0
@@ -70,7 +71,7 @@ W_1ARCMIN = 0.15
 CLUSTERING_SLOPE = 0.8
 COMPANION_R_MIN_ARCSEC = 2.0
 # rendering
-RENDER_DEPTH_MARGIN = 0.75
+RENDER_DEPTH_MARGIN = 0.0
 BRIGHT_GALAXY_MAG = 20.5
 HLR_CLASS_EDGES = (0.0, 0.35, 0.6, 1.0, 1.7, math.inf)
 STAR, GALAXY = 0, 1

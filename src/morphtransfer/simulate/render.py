@@ -263,6 +263,7 @@ def field_kimages(fld: Field, grid: KGrid, bands) -> dict[str, np.ndarray]:
     """Fourier transforms of the field's sources on the grid, one per band (fluxes in
     nanomaggies; field.py): point sources, bright galaxies one by one, fainter ones by size class
     with their shifts summed as one matrix product per band."""
+    fld.validate()
     out = {b: np.zeros((len(grid.ky), len(grid.kx)), dtype=np.complex128) for b in bands}
     if len(fld) == 0:
         return out
@@ -274,8 +275,10 @@ def field_kimages(fld: Field, grid: KGrid, bands) -> dict[str, np.ndarray]:
         k = grid.draw(obj.shift(float(fld.x_arcsec[j]), float(fld.y_arcsec[j])))
         for b in bands:
             out[b] += fluxes[b][j] * k
-    ex = np.exp(-1j * np.outer(fld.x_arcsec, grid.kx))  # (J, nkx)
-    ey = np.exp(-1j * np.outer(fld.y_arcsec, grid.ky))  # (J, nky)
+    # phases in single precision: a matrix product per size class for all bands at once
+    ex = np.exp(-1j * np.outer(fld.x_arcsec, grid.kx)).astype(np.complex64)  # (J, nkx)
+    ey = np.exp(-1j * np.outer(fld.y_arcsec, grid.ky)).astype(np.complex64)  # (J, nky)
+    nky = len(grid.ky)
     stars = fld.kind == STAR
     classes = [(stars, None)]
     faint = (fld.kind == GALAXY) & ~bright
@@ -288,18 +291,25 @@ def field_kimages(fld: Field, grid: KGrid, bands) -> dict[str, np.ndarray]:
             continue
         env = 1.0 if hlr is None else grid.draw(galsim.Exponential(half_light_radius=hlr, gsparams=GSPARAMS)).real
         eyT = ey[sel].T
-        for b in bands:
-            out[b] += env * ((eyT * fluxes[b][sel][None, :]) @ ex[sel])
+        weighted = np.concatenate([eyT * fluxes[b][sel][None, :].astype(np.float32) for b in bands])
+        summed = weighted @ ex[sel]  # (bands * nky, nkx)
+        for i, b in enumerate(bands):
+            out[b] += env * summed[i * nky:(i + 1) * nky]
     return out
 
 
-def render_field(fld: Field, survey: Survey, grid: KGrid, psf_fwhm: dict[str, float]) -> np.ndarray:
-    """Noise-free stamps (bands, n, n) of the field sources this survey renders: brighter than
-    field.render_limit, and within the FFT grid's reach (no light wraps round the periodic grid)."""
+def field_kimages_for(fld: Field, survey: Survey, grid: KGrid, psf_fwhm: dict[str, float]) -> dict:
+    """field_kimages of the sources this survey renders: brighter than field.render_limit, and
+    within the FFT grid's reach (no light wraps round the periodic grid)."""
     sigma = max(psf_fwhm.values()) * FWHM_TO_SIGMA
     reach = 0.5 * grid.m * grid.geom.pixel_scale_arcsec - 3 * sigma
     fld = fld.brighter_than(render_limit(survey)).within(reach)
-    return render_kimages({}, {}, grid, psf_fwhm, extra=field_kimages(fld, grid, list(psf_fwhm)))
+    return field_kimages(fld, grid, list(psf_fwhm))
+
+
+def render_field(fld: Field, survey: Survey, grid: KGrid, psf_fwhm: dict[str, float]) -> np.ndarray:
+    """Noise-free stamps (bands, n, n) of the field alone, as ``observe`` adds it to the galaxy."""
+    return render_kimages({}, {}, grid, psf_fwhm, extra=field_kimages_for(fld, survey, grid, psf_fwhm))
 
 
 def band_flux(g: Galaxy, component: str, flux_r: float, band: str) -> float:
@@ -444,10 +454,17 @@ def observe(
     kims = component_kimages(g, grid)
     comp_r = g.component_fluxes_r()
     fluxes = {b: {c: band_flux(g, c, comp_r[c], b) for c in kims} for b in bands}
-    models = render_kimages(kims, fluxes, grid, psf_fwhm)
-    scene = models
-    if field is not None:
-        scene = models + render_field(field, survey, grid, psf_fwhm)
+    jr = bands.index("r") if "r" in bands else len(bands) // 2
+    br = bands[jr]
+    if field is None:
+        models = scene = render_kimages(kims, fluxes, grid, psf_fwhm)
+        gal = models[jr]
+    else:
+        # galaxy and field in one inverse FFT per band; the galaxy alone where it is needed
+        # (the visibilities, in the band nearest r; all bands when the stamps are kept)
+        scene = render_kimages(kims, fluxes, grid, psf_fwhm, extra=field_kimages_for(field, survey, grid, psf_fwhm))
+        models = render_kimages(kims, fluxes, grid, psf_fwhm) if keep_stamps else None
+        gal = models[jr] if keep_stamps else render_kimages(kims, fluxes, grid, {br: psf_fwhm[br]})[0]
     noisy = served = None
     if survey.image_product is not None:
         # what the survey's cutout service serves: noise per native pixel, its colour stretch,
@@ -464,10 +481,7 @@ def observe(
     if keep_stamps and noisy is None:
         noisy = add_noise(scene, survey, bands, geom.binning, rng)
 
-    # --- visibility, measured in the band nearest r -------------------------------------------
-    jr = bands.index("r") if "r" in bands else len(bands) // 2
-    br = bands[jr]
-    gal = models[jr]
+    # --- visibility, measured in the band nearest r (the galaxy alone) ------------------------
     sky_sigma = geom.binning * survey.sky_noise_per_pixel(br)
     gain = survey.electrons_per_nanomaggy(br)
     noise_var = sky_sigma**2 + np.clip(gal, 0, None) / gain
@@ -502,7 +516,7 @@ def observe(
         visibility={"vis_arms": vis_arms, "vis_bar": vis_bar, "vis_axis_ratio": q_obs},
         snr_r=snr_r,
         stamps=noisy.astype(np.float32) if keep_stamps else None,
-        models=models.astype(np.float32) if keep_stamps else None,
+        models=models.astype(np.float32) if keep_stamps else None,  # the galaxy alone
         served=served if keep_stamps else None,
     )
 
