@@ -24,6 +24,7 @@ import numpy as np
 
 from morphtransfer.data.preprocess import preprocess_cutout
 from morphtransfer.data.readers import composite_channels, read_composite
+from morphtransfer.simulate.field import galaxy_field
 from morphtransfer.simulate.population import draw_galaxy, galaxy_rng, petrosian_radius
 from morphtransfer.simulate.render import add_noise, observe, serve_survey
 from morphtransfer.surveys import get_survey
@@ -82,8 +83,9 @@ def gz1_frame_r90(g) -> float:
     return 423 * 0.024 * petrosian_radius_arcsec(g) / g.r90_arcsec
 
 
-def simulated_models(n: int, seed: int = 7, framing: str = "r90"):
-    """Noise-free SDSS stamps of n simulated galaxies (with their geometry and frame side in R90).
+def simulated_models(n: int, seed: int = 7, framing: str = "r90", no_field: bool = False):
+    """Noise-free SDSS stamps of n simulated galaxies with their field stars and galaxies (with
+    their geometry and frame side in R90; ``no_field``: the galaxies alone, version 6).
 
     ``framing``: "r90", the study's crop of 10 x R90; "gz1", Galaxy Zoo 1's cutouts if their 423
     pixels of 0.024 x R_P arcsec used the Petrosian radius R_P (10.15 x R_P, 7.7 x R90 in the
@@ -93,8 +95,9 @@ def simulated_models(n: int, seed: int = 7, framing: str = "r90"):
     for i in range(n):
         g = draw_galaxy(seed, i)
         side = 10.0 if framing == "r90" else gz1_frame_r90(g)
-        obs = observe(g, sv, galaxy_rng(seed, i, 1), keep_stamps=True, cutout_r90=side)
-        out.append((obs.models, obs.geometry, g.r90_arcsec, side))
+        fld = None if no_field else galaxy_field(seed, i, g.r90_arcsec, side)
+        obs = observe(g, sv, galaxy_rng(seed, i, 1), keep_stamps=True, cutout_r90=side, field=fld)
+        out.append((obs.scene, obs.geometry, g.r90_arcsec, side))
     return out
 
 
@@ -131,12 +134,14 @@ def main(argv=None) -> int:
     ap.add_argument("--framing", choices=("r90", "gz1"), default="r90",
                     help="crop the simulated galaxies as the study does (10 x R90) or as GZ1 may "
                          "have (10.15 x the Petrosian radius)")
+    ap.add_argument("--no-field", action="store_true",
+                    help="simulated galaxies without their field stars and galaxies (version 6)")
     args = ap.parse_args(argv)
     real = real_stats(args.real)
     if real is None:
         print(json.dumps({"skipped": f"no real SDSS JPEGs at {REAL}"}))
         return 0
-    models = simulated_models(args.n, framing=args.framing)
+    models = simulated_models(args.n, framing=args.framing, no_field=args.no_field)
     product = get_survey("sdss").image_product
     result = {"real_sdss_skyserver": real, "framing": args.framing,
               "frame_side_r90_median": round(float(np.median([m[3] for m in models])), 2)}

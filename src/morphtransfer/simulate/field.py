@@ -25,21 +25,22 @@ galaxy's centre in arcsec, +x along image columns, as population.py):
   sky. The excess surface density of field galaxies around it is n(m) w(theta) with the angular
   cross-correlation w = W_1ARCMIN (theta / 1 arcmin)^-0.8 (the power law of galaxy clustering,
   Connolly et al. 2002, ApJ 579, 42), drawn as extra galaxies at radii from that profile;
-  W_1ARCMIN is the one number set by the real frames (field_sources.py), see below.
+  W_1ARCMIN = 0.10 is the one number set by the real frames (field_sources.py: 95.0% of
+  simulated SDSS frames hold another source, 4.33 on average; real SkyServer 95.9%, 4.36).
 
 Sources are drawn down to FIELD_MAG_MAX, DES's 5 sigma point-source depth. A survey renders
 those brighter than its own r-band 5 sigma point-source depth + RENDER_DEPTH_MARGIN mag
 (``render_limit``): fainter ones are below its noise one by one, and together (under 0.1% of the
 sky's surface brightness) below anything the model input shows.
 
-Rendering (render.field_kimages): on the galaxy's own k-grid, so the field goes through the same
-PSF, pixels, noise and served product as the galaxy. Stars are GalSim point sources; galaxies
-brighter than BRIGHT_GALAXY_MAG are each a sheared GalSim Exponential; fainter (smaller) ones
-are grouped in half-light-radius classes (``HLR_CLASS_EDGES``), each a round GalSim Exponential of
-the class's median size, and their shifts enter as one phase sum per band, which factorises per
-axis into a matrix product (as the knots of spiral arms), so a frame of a few hundred sources
-costs a few matrix products. The volunteers' visibilities are measured on the galaxy alone:
-Galaxy Zoo volunteers classify the central galaxy, and the labels of version 6 are kept.
+Rendering (render.render_field): in the galaxy's stamp, with the same PSF and pixels, then
+through the same noise and served product. Stars, and field galaxies fainter than
+BRIGHT_GALAXY_MAG (about the PSF's size), are pixel-integrated Gaussians of the PSF's width
+combined with a Gaussian of the galaxy's half-light radius; brighter galaxies are sheared GalSim Exponentials
+convolved with the PSF, each drawn into a sub-image around it. The cost goes with the number of
+sources, not with the stamp's pixels (a 200" frame holds hundreds). The volunteers' visibilities
+are measured on the galaxy alone: Galaxy Zoo volunteers classify the central galaxy, and the
+labels of version 6 are kept.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ GAL_DENSITY_SCATTER_DEX = 0.10  # cosmic variance on ~1 arcmin scales, beyond th
 FIELD_HLR20, FIELD_HLR_SLOPE, FIELD_HLR_SCATTER_DEX = 1.2, -0.15, 0.20
 FIELD_HLR_MIN = 0.1
 # companions: w(theta) = W_1ARCMIN (theta / 1')^-0.8 over the frame, from COMPANION_R_MIN outwards
-W_1ARCMIN = 0.15
+W_1ARCMIN = 0.10
 CLUSTERING_SLOPE = 0.8
 COMPANION_R_MIN_ARCSEC = 2.0
 # rendering
 RENDER_DEPTH_MARGIN = 0.0
 BRIGHT_GALAXY_MAG = 20.5
-HLR_CLASS_EDGES = (0.0, 0.35, 0.6, 1.0, 1.7, math.inf)
+# faint field galaxies are drawn as Gaussians of their exponential's half-light radius (a Gaussian's
+# is 1.1774 sigma): after the PSF their peak and half-light radius are within ~10% of the
+# exponential's for h <= 1" (tests), where matching the second moment would lose 20-30% of the peak
+GAUSSIAN_SIGMA_PER_HLR = 1.0 / math.sqrt(2.0 * math.log(2.0))
 STAR, GALAXY = 0, 1
 FIELD_MARGIN_ARCSEC = 2.0  # drawn this far past the cutout's edge: their light reaches inside
 

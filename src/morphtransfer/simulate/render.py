@@ -52,10 +52,17 @@ from dataclasses import dataclass
 import galsim
 import numpy as np
 import scipy.fft
+from scipy import special
 
 from morphtransfer.data.preprocess import CROP_FACTOR, IMAGE_SIZE, preprocess_cutout
 from morphtransfer.errors import InputError
-from morphtransfer.simulate.field import BRIGHT_GALAXY_MAG, GALAXY, HLR_CLASS_EDGES, STAR, Field, render_limit
+from morphtransfer.simulate.field import (
+    BRIGHT_GALAXY_MAG,
+    GAUSSIAN_SIGMA_PER_HLR,
+    GALAXY,
+    Field,
+    render_limit,
+)
 from morphtransfer.simulate.population import Galaxy
 from morphtransfer.simulate.product import serve
 from morphtransfer.surveys import FWHM_TO_SIGMA, Survey, get_survey
@@ -259,57 +266,75 @@ def knots_kimage(g: Galaxy, grid: KGrid) -> np.ndarray:
     return env * phase
 
 
-def field_kimages(fld: Field, grid: KGrid, bands) -> dict[str, np.ndarray]:
-    """Fourier transforms of the field's sources on the grid, one per band (fluxes in
-    nanomaggies; field.py): point sources, bright galaxies one by one, fainter ones by size class
-    with their shifts summed as one matrix product per band."""
-    fld.validate()
-    out = {b: np.zeros((len(grid.ky), len(grid.kx)), dtype=np.complex128) for b in bands}
+def render_field(fld: Field, survey: Survey, geom: StampGeometry, psf_fwhm: dict[str, float]) -> np.ndarray:
+    """Noise-free stamps (bands, n, n) of the field sources this survey renders (brighter than
+    field.render_limit), in the stamp's pixels, with the same Gaussian PSF and pixel response as
+    the galaxy.
+
+    Stars, and field galaxies fainter than BRIGHT_GALAXY_MAG (half-light radii of ~0.3-1", the
+    PSF's size), are Gaussians of the PSF's width combined with a Gaussian of the galaxy's
+    half-light radius, integrated exactly over each pixel (a product of two error-function
+    differences), all sources at once. Brighter galaxies
+    are GalSim profiles (a sheared Exponential convolved with the band's PSF) drawn into a
+    sub-image around each one, GalSim's own way of building a scene of many objects
+    (``drawImage(add_to_image=True, center=...)``, which also integrates over the pixel). Both
+    cost per source, not per pixel of the stamp: a 200" frame holds hundreds of sources."""
+    n, scale = geom.n_pix, geom.pixel_scale_arcsec
+    out = np.zeros((len(psf_fwhm), n, n))
+    fld = fld.brighter_than(render_limit(survey))
     if len(fld) == 0:
         return out
-    fluxes = {b: fld.band_fluxes(b) for b in bands}
+    fld.validate()
+    c = n // 2  # the galaxy's pixel; columns are +x, rows +y (as to_stamp)
+    xp, yp = c + fld.x_arcsec / scale, c + fld.y_arcsec / scale
     bright = (fld.kind == GALAXY) & (fld.mag_r < BRIGHT_GALAXY_MAG)
-    for j in np.flatnonzero(bright):
-        obj = galsim.Exponential(half_light_radius=float(fld.hlr_arcsec[j]), gsparams=GSPARAMS)
-        obj = obj.shear(q=float(fld.axis_ratio[j]), beta=float(fld.angle_deg[j]) * galsim.degrees)
-        k = grid.draw(obj.shift(float(fld.x_arcsec[j]), float(fld.y_arcsec[j])))
-        for b in bands:
-            out[b] += fluxes[b][j] * k
-    # phases in single precision: a matrix product per size class for all bands at once
-    ex = np.exp(-1j * np.outer(fld.x_arcsec, grid.kx)).astype(np.complex64)  # (J, nkx)
-    ey = np.exp(-1j * np.outer(fld.y_arcsec, grid.ky)).astype(np.complex64)  # (J, nky)
-    nky = len(grid.ky)
-    stars = fld.kind == STAR
-    classes = [(stars, None)]
-    faint = (fld.kind == GALAXY) & ~bright
-    for lo, hi in zip(HLR_CLASS_EDGES[:-1], HLR_CLASS_EDGES[1:]):
-        sel = faint & (fld.hlr_arcsec >= lo) & (fld.hlr_arcsec < hi)
-        if sel.any():
-            classes.append((sel, float(np.median(fld.hlr_arcsec[sel]))))
-    for sel, hlr in classes:
-        if not sel.any():
-            continue
-        env = 1.0 if hlr is None else grid.draw(galsim.Exponential(half_light_radius=hlr, gsparams=GSPARAMS)).real
-        eyT = ey[sel].T
-        weighted = np.concatenate([eyT * fluxes[b][sel][None, :].astype(np.float32) for b in bands])
-        summed = weighted @ ex[sel]  # (bands * nky, nkx)
-        for i, b in enumerate(bands):
-            out[b] += env * summed[i * nky:(i + 1) * nky]
+    sig_gal = np.where(fld.kind == GALAXY, GAUSSIAN_SIGMA_PER_HLR * fld.hlr_arcsec, 0.0)
+    small = ~bright
+    for ib, (band, fwhm) in enumerate(psf_fwhm.items()):
+        flux = fld.band_fluxes(band)
+        if small.any():
+            sig = np.hypot(fwhm * FWHM_TO_SIGMA, sig_gal[small]) / scale  # pixels
+            _add_gaussians(out[ib], xp[small], yp[small], sig, flux[small])
+        if bright.any():
+            img = galsim.ImageD(out[ib], xmin=0, ymin=0, scale=scale)  # a view: draws add into out
+            psf = galsim.Gaussian(fwhm=fwhm, gsparams=GSPARAMS)
+            for j in np.flatnonzero(bright):
+                gal = galsim.Exponential(half_light_radius=float(fld.hlr_arcsec[j]), flux=float(flux[j]),
+                                         gsparams=GSPARAMS)
+                gal = gal.shear(q=float(fld.axis_ratio[j]), beta=float(fld.angle_deg[j]) * galsim.degrees)
+                reach = int(math.ceil((6 * fld.hlr_arcsec[j] + 4 * fwhm * FWHM_TO_SIGMA) / scale))
+                ix, iy = int(round(xp[j])), int(round(yp[j]))
+                bounds = galsim.BoundsI(ix - reach, ix + reach, iy - reach, iy + reach) & img.bounds
+                if not bounds.isDefined():
+                    continue
+                galsim.Convolve(gal, psf).drawImage(
+                    image=img[bounds], add_to_image=True, center=galsim.PositionD(xp[j], yp[j]))
     return out
 
 
-def field_kimages_for(fld: Field, survey: Survey, grid: KGrid, psf_fwhm: dict[str, float]) -> dict:
-    """field_kimages of the sources this survey renders: brighter than field.render_limit, and
-    within the FFT grid's reach (no light wraps round the periodic grid)."""
-    sigma = max(psf_fwhm.values()) * FWHM_TO_SIGMA
-    reach = 0.5 * grid.m * grid.geom.pixel_scale_arcsec - 3 * sigma
-    fld = fld.brighter_than(render_limit(survey)).within(reach)
-    return field_kimages(fld, grid, list(psf_fwhm))
+def _add_gaussians(stamp: np.ndarray, xp, yp, sig, flux, n_sigma: float = 5.0) -> None:
+    """Add round Gaussians (pixel centres xp, yp; widths sig, in pixels), each integrated over the
+    pixels of its +-n_sigma window, to ``stamp`` in place."""
+    n = stamp.shape[0]
+    w = int(math.ceil(n_sigma * float(sig.max())))
+    off = np.arange(-w, w + 1)
+    cols = np.rint(xp).astype(int)[:, None] + off[None, :]  # (J, 2w + 1)
+    rows = np.rint(yp).astype(int)[:, None] + off[None, :]
 
+    def profile(idx, centre):
+        s, d = sig[:, None], idx - centre[:, None]
+        return special.ndtr((d + 0.5) / s) - special.ndtr((d - 0.5) / s)
 
-def render_field(fld: Field, survey: Survey, grid: KGrid, psf_fwhm: dict[str, float]) -> np.ndarray:
-    """Noise-free stamps (bands, n, n) of the field alone, as ``observe`` adds it to the galaxy."""
-    return render_kimages({}, {}, grid, psf_fwhm, extra=field_kimages_for(fld, survey, grid, psf_fwhm))
+    gx, gy = profile(cols, xp), profile(rows, yp)
+    gx[(cols < 0) | (cols >= n)] = 0.0
+    gy[(rows < 0) | (rows >= n)] = 0.0
+    keep = (gx.sum(1) > 0) & (gy.sum(1) > 0)
+    if not keep.any():
+        return
+    patches = flux[keep, None, None] * gy[keep, :, None] * gx[keep, None, :]
+    r = np.broadcast_to(np.clip(rows[keep], 0, n - 1)[:, :, None], patches.shape)
+    q = np.broadcast_to(np.clip(cols[keep], 0, n - 1)[:, None, :], patches.shape)
+    np.add.at(stamp, (r, q), patches)
 
 
 def band_flux(g: Galaxy, component: str, flux_r: float, band: str) -> float:
@@ -334,7 +359,8 @@ class Observation:
     visibility: dict[str, float]
     snr_r: float
     stamps: np.ndarray | None = None  # (bands, n, n) noisy pixel fluxes, nanomaggies
-    models: np.ndarray | None = None  # noise-free
+    models: np.ndarray | None = None  # noise-free, the galaxy alone
+    scene: np.ndarray | None = None  # noise-free, the galaxy and its field (= models without one)
     served: np.ndarray | None = None  # (bands, n, n) the served 8-bit product, when the survey has one
 
     def catalog_row(self) -> dict:
@@ -363,15 +389,11 @@ def render_kimages(
     fluxes: dict[str, dict[str, float]],
     grid: KGrid,
     psf_fwhm: dict[str, float],
-    extra: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Noise-free stamps (bands, n, n): sum_c flux_cb K_c (+ ``extra[band]``, already in flux
-    units) x PSF_b x pixel, inverse FFT."""
+    """Noise-free stamps (bands, n, n): sum_c flux_cb K_c x PSF_b x pixel, inverse FFT."""
     out = []
     for band, fwhm in psf_fwhm.items():
         k = sum(fluxes[band][c] * kimages[c] for c in kimages)
-        if extra is not None:
-            k = k + extra[band]
         out.append(grid.to_stamp(k * grid.gaussian_psf(fwhm) * grid.pixel))
     return np.stack(out)
 
@@ -454,17 +476,8 @@ def observe(
     kims = component_kimages(g, grid)
     comp_r = g.component_fluxes_r()
     fluxes = {b: {c: band_flux(g, c, comp_r[c], b) for c in kims} for b in bands}
-    jr = bands.index("r") if "r" in bands else len(bands) // 2
-    br = bands[jr]
-    if field is None:
-        models = scene = render_kimages(kims, fluxes, grid, psf_fwhm)
-        gal = models[jr]
-    else:
-        # galaxy and field in one inverse FFT per band; the galaxy alone where it is needed
-        # (the visibilities, in the band nearest r; all bands when the stamps are kept)
-        scene = render_kimages(kims, fluxes, grid, psf_fwhm, extra=field_kimages_for(field, survey, grid, psf_fwhm))
-        models = render_kimages(kims, fluxes, grid, psf_fwhm) if keep_stamps else None
-        gal = models[jr] if keep_stamps else render_kimages(kims, fluxes, grid, {br: psf_fwhm[br]})[0]
+    models = render_kimages(kims, fluxes, grid, psf_fwhm)
+    scene = models if field is None else models + render_field(field, survey, geom, psf_fwhm)
     noisy = served = None
     if survey.image_product is not None:
         # what the survey's cutout service serves: noise per native pixel, its colour stretch,
@@ -482,6 +495,9 @@ def observe(
         noisy = add_noise(scene, survey, bands, geom.binning, rng)
 
     # --- visibility, measured in the band nearest r (the galaxy alone) ------------------------
+    jr = bands.index("r") if "r" in bands else len(bands) // 2
+    br = bands[jr]
+    gal = models[jr]
     sky_sigma = geom.binning * survey.sky_noise_per_pixel(br)
     gain = survey.electrons_per_nanomaggy(br)
     noise_var = sky_sigma**2 + np.clip(gal, 0, None) / gain
@@ -517,6 +533,7 @@ def observe(
         snr_r=snr_r,
         stamps=noisy.astype(np.float32) if keep_stamps else None,
         models=models.astype(np.float32) if keep_stamps else None,  # the galaxy alone
+        scene=scene.astype(np.float32) if keep_stamps else None,
         served=served if keep_stamps else None,
     )
 
