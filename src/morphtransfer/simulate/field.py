@@ -26,7 +26,7 @@ galaxy's centre in arcsec, +x along image columns, as population.py):
   cross-correlation w = W_1ARCMIN (theta / 1 arcmin)^-0.8 (the power law of galaxy clustering,
   Connolly et al. 2002, ApJ 579, 42), drawn as extra galaxies at radii from that profile;
   W_1ARCMIN = 0.10 is the one number set by the real frames (field_sources.py: 95.0% of
-  simulated SDSS frames hold another source, 4.33 on average; real SkyServer 95.9%, 4.36).
+  simulated SDSS frames hold another source, 4.35 on average; real SkyServer 95.9%, 4.36).
 
 Sources are drawn down to FIELD_MAG_MAX, DES's 5 sigma point-source depth. A survey renders
 those brighter than its own r-band 5 sigma point-source depth + RENDER_DEPTH_MARGIN mag
