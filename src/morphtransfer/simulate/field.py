@@ -52,7 +52,7 @@ import numpy as np
 
 from morphtransfer.data.preprocess import CROP_FACTOR
 from morphtransfer.errors import InputError
-from morphtransfer.simulate.population import galaxy_rng
+from morphtransfer.simulate.population import flux_in_band, galaxy_rng
 from morphtransfer.surveys import Survey, mag_to_flux
 
 FIELD_STREAM = 101  # the field's own random stream: every version-6 parameter of a galaxy is kept
@@ -114,22 +114,10 @@ class Field:
 
     def band_fluxes(self, band: str) -> np.ndarray:
         """Fluxes in nanomaggies in ``band`` (g, r, i or z) from r and the colours."""
-        f = mag_to_flux(self.mag_r)
-        if band == "r":
-            return f
-        idx = {"g": 0, "i": 1, "z": 2}.get(band)
-        if idx is None:
-            raise InputError(f"the field has colours for bands g, r, i, z, not {band!r}")
-        sign = 1.0 if band == "g" else -1.0
-        return f * 10 ** (-0.4 * sign * self.colours[:, idx])
+        return flux_in_band(mag_to_flux(self.mag_r), self.colours, band)
 
     def brighter_than(self, mag: float) -> "Field":
         return self._select(self.mag_r < mag)
-
-    def within(self, half_side_arcsec: float) -> "Field":
-        """The sources with |x| and |y| below ``half_side_arcsec``."""
-        return self._select((np.abs(self.x_arcsec) < half_side_arcsec)
-                            & (np.abs(self.y_arcsec) < half_side_arcsec))
 
     def _select(self, keep: np.ndarray) -> "Field":
         return Field(self.x_arcsec[keep], self.y_arcsec[keep], self.mag_r[keep], self.kind[keep],

@@ -305,6 +305,21 @@ class Galaxy:
         return d
 
 
+_COLOUR_INDEX = {"g": 0, "i": 1, "z": 2}  # position in the (g - r, r - i, r - z) colours
+
+
+def flux_in_band(flux_r, colours, band: str):
+    """Flux in ``band`` from the r flux and colours (g - r, r - i, r - z) along the last axis:
+    g = r + (g - r), i = r - (r - i), z = r - (r - z). Works on scalars and arrays."""
+    if band == "r":
+        return flux_r
+    if band not in _COLOUR_INDEX:
+        raise InputError(f"the simulator has colours for bands g, r, i, z, not {band!r}")
+    colour = np.asarray(colours)[..., _COLOUR_INDEX[band]]
+    sign = 1.0 if band == "g" else -1.0
+    return flux_r * 10 ** (-0.4 * sign * colour)
+
+
 def galaxy_id(index: int) -> str:
     return f"sim-{index:09d}"
 

@@ -63,7 +63,7 @@ from morphtransfer.simulate.field import (
     Field,
     render_limit,
 )
-from morphtransfer.simulate.population import Galaxy
+from morphtransfer.simulate.population import Galaxy, flux_in_band
 from morphtransfer.simulate.product import serve
 from morphtransfer.surveys import FWHM_TO_SIGMA, Survey, get_survey
 
@@ -81,8 +81,6 @@ CONTRAST_FLOOR = 0.10
 NYQUIST_AMPLITUDE = 0.05
 # Isophote for the apparent axis ratio, in sky sigmas per survey pixel.
 ISOPHOTE_SIGMA = 2.0
-# Colours: index in (g-r, r-i, r-z) per band, relative to r.
-_COLOUR_INDEX = {"g": 0, "i": 1, "z": 2}
 
 
 @dataclass(frozen=True)
@@ -292,21 +290,22 @@ def render_field(fld: Field, survey: Survey, geom: StampGeometry, psf_fwhm: dict
     sig_gal = np.where(fld.kind == GALAXY, GAUSSIAN_SIGMA_PER_HLR * fld.hlr_arcsec, 0.0)
     small = ~bright
     bands = list(psf_fwhm)
+    flux = {b: fld.band_fluxes(b) for b in bands}
     for ib, (band, fwhm) in enumerate(psf_fwhm.items()):
         if small.any():
             sig = np.hypot(fwhm * FWHM_TO_SIGMA, sig_gal[small]) / scale  # pixels
-            _add_gaussians(out[ib], xp[small], yp[small], sig, fld.band_fluxes(band)[small])
+            _add_gaussians(out[ib], xp[small], yp[small], sig, flux[band][small])
     if bright.any():
         # one GalSim drawing per galaxy with the middle band's PSF, scaled to each band's flux
         # (the bands' PSFs differ by ~15% in width, a detail on a neighbour)
         mid = bands[len(bands) // 2]
         fwhm = psf_fwhm[mid]
         psf = galsim.Gaussian(fwhm=fwhm, gsparams=GSPARAMS)
-        ratio = np.stack([fld.band_fluxes(b) for b in bands]) / fld.band_fluxes(mid)
+        ratio = np.stack([flux[b] for b in bands]) / flux[mid]
         img = galsim.ImageD(n, n, xmin=0, ymin=0, scale=scale)
         for j in np.flatnonzero(bright):
             gal = galsim.Exponential(half_light_radius=float(fld.hlr_arcsec[j]),
-                                     flux=float(fld.band_fluxes(mid)[j]), gsparams=GSPARAMS)
+                                     flux=float(flux[mid][j]), gsparams=GSPARAMS)
             gal = gal.shear(q=float(fld.axis_ratio[j]), beta=float(fld.angle_deg[j]) * galsim.degrees)
             reach = int(math.ceil((6 * fld.hlr_arcsec[j] + 4 * fwhm * FWHM_TO_SIGMA) / scale))
             ix, iy = int(round(xp[j])), int(round(yp[j]))
@@ -354,13 +353,7 @@ def _add_gaussian_group(stamp: np.ndarray, xp, yp, sig, flux, w: int) -> None:
 
 def band_flux(g: Galaxy, component: str, flux_r: float, band: str) -> float:
     """Component flux in ``band`` from its r flux and colours (g-r, r-i, r-z)."""
-    if band == "r":
-        return flux_r
-    if band not in _COLOUR_INDEX:
-        raise InputError(f"the simulator has colours for bands g, r, i, z, not {band!r}")
-    colour = g.colour(component)[_COLOUR_INDEX[band]]
-    sign = 1.0 if band == "g" else -1.0  # g = r + (g-r); i = r - (r-i); z = r - (r-z)
-    return flux_r * 10 ** (-0.4 * sign * colour)
+    return float(flux_in_band(flux_r, g.colour(component), band))
 
 
 @dataclass
