@@ -614,3 +614,31 @@ def test_simulated_pair_target_survey_is_configurable_and_checked():
     votes = [c for c in row_l if c.endswith("_count")]
     assert votes and all(row_l[c] == row_d[c] for c in votes)
     assert not np.allclose(img_l, img_d)  # the served products differ
+
+
+def test_a_one_class_training_sample_is_skipped_with_a_note_and_the_run_goes_on(pair, tmp_path, monkeypatch):
+    """A rare class in a small random sample (50 random DES galaxies hold ~2 bars, sometimes none)
+    once ended the whole study with an error; now that row is left out, named in the notes."""
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    cfg = tiny_config(sweep={"n_train": [1, 10], "seeds": [0]})  # 1 galaxy: always one class
+    out = tmp_path / "r"
+    res = study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False)
+    one = [e for e in res.experiments if e.trains and e.n_train == 1]
+    assert len(one) == 9  # b, c, d for three tasks
+    skipped = [n for n in res.notes if " not run: its 1 random " in n]
+    assert sorted(n.split()[0] for n in skipped) == sorted(e.key for e in one)
+    assert all("no classifier learns from one class" in n and 'sample = "balanced"' in n for n in skipped)
+    assert not any(Path(t["out"]).name.endswith("_n1_s0") for t in eng.trained)
+    trained_n10 = [t for t in eng.trained if Path(t["out"]).name.endswith("_n10_s0")]
+    assert len(trained_n10) == 9  # the other sweep point ran
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert 1 not in set(preds["n_train_target"]) and 10 in set(preds["n_train_target"])
+    # the report is written without the missing rows and keeps the notes
+    assert (out / "table2.md").exists() and (out / "report.html").exists()
+    assert len(json.loads((out / "metrics.json").read_text())["notes"]) >= 9
+    assert "Q3/d_n1_s0 not run" in (out / "report.html").read_text()
+    # resuming finds the same rows unrunnable and repeats the notes once each
+    res2 = study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False,
+                           report=False)
+    assert sum(" not run: its 1 random " in n for n in res2.notes) == 9

@@ -1245,6 +1245,21 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
     t0 = time.time()
     if exp.trains and not _model_done(model):
         rows = _labelled(tgt_store, own)
+        n_pos = int((rows["label"] == 1).sum())
+        if n_pos in (0, len(rows)):
+            # a rare class and a small random sample (e.g. 50 random DES galaxies, ~2 bars
+            # expected, can hold none): nothing to learn from; the run goes on without this row
+            note = (
+                f"{exp.key} not run: its {len(rows)} {target_sample(cfg, exp.task)} "
+                f"{tgt_store.survey or 'target'} training galaxies (seed {exp.seed}) are all "
+                f"{'positive' if n_pos else 'negative'} for {get_task(exp.task).title}, and no "
+                "classifier learns from one class; label more galaxies (a larger N_train) or draw "
+                "the sample with [target] sample = \"balanced\""
+            )
+            if note not in result.notes:
+                result.notes.append(note)
+            console.print(f"{head} {escape(note)}", highlight=False)
+            return False
         console.print(
             f"{head} {exp.key} ({exp.title}): training on {len(rows)} {tgt_store.survey or 'target'} "
             f"galaxies ({int(rows['label'].sum())} positive) [{eta}]",
