@@ -642,3 +642,11 @@ def test_a_one_class_training_sample_is_skipped_with_a_note_and_the_run_goes_on(
     res2 = study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, progress=False,
                            report=False)
     assert sum(" not run: its 1 random " in n for n in res2.notes) == 9
+    # with every sweep point below the main N left out, the findings name the main N once
+    out2 = tmp_path / "r2"
+    study.run_study(out=out2, source=pair[0], target=pair[1], progress=False,
+                    config=tiny_config(sweep={"n_train": [1], "seeds": [0]}))
+    found = json.loads((out2 / "metrics.json").read_text())["findings"]
+    assert found and all(r["n_train_smallest"] == 0 and r["n_train_main"] > 1 for r in found)
+    lines = study._findings_lines(out2 / "metrics.json")
+    assert lines and not any(line.count(" at N=") > 1 for line in lines)

@@ -223,7 +223,9 @@ def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFra
             if len(bq):
                 n0 = int(bq["n_train_target"].min())
                 at = bq[bq["n_train_target"] == n0].set_index("experiment")
-                if {"b", "d"} <= set(at.index):
+                # only below the main N (a sweep point that could not run, e.g. a one-class
+                # sample, leaves the main N the smallest: saying it twice says nothing)
+                if {"b", "d"} <= set(at.index) and n0 < r["n_train_main"]:
                     r["n_train_smallest"] = n0
                     r["auc_b_minus_d_smallest_n"] = float(at.loc["b", "auc"] - at.loc["d", "auc"])
                     r["d_flat_seeds_smallest_n"] = int(at.loc["d"].get("n_flat", 0))
