@@ -1256,13 +1256,12 @@ def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, conso
                 "classifier learns from one class; label more galaxies (a larger N_train) or draw "
                 "the sample with [target] sample = \"balanced\""
             )
-            if note not in result.notes:
-                result.notes.append(note)
+            result.notes.append(note)
             console.print(f"{head} {escape(note)}", highlight=False)
             return False
         console.print(
             f"{head} {exp.key} ({exp.title}): training on {len(rows)} {tgt_store.survey or 'target'} "
-            f"galaxies ({int(rows['label'].sum())} positive) [{eta}]",
+            f"galaxies ({n_pos} positive) [{eta}]",
             highlight=False,
         )
         init = paths.source_model(exp.task, exp.source_seed) if exp.init == "source" else (
