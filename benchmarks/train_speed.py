@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from morphtransfer.speed import conv_gflops, matmul_gflops
+
 
 def ds18_forward_flops(image_size: int = 69) -> tuple[float, float]:
     """(forward FLOPs per image, FLOPs of the first conv) of DS18: 2 x multiply-adds."""
@@ -45,39 +47,6 @@ def ds18_forward_flops(image_size: int = 69) -> tuple[float, float]:
     conv4 = 2 * s3 * 128 * 128 * 3 * 3
     dense = 2 * (128 * s3 * 64 + 64)
     return float(conv1 + conv2 + conv3 + conv4 + dense), float(conv1)
-
-
-def _best_rate(fn, flops: float, reps: int) -> tuple[float, float]:
-    """(best wall GFLOP/s, best CPU-time GFLOP/s x threads) over reps: contention only slows a
-    repetition down, so the best one is the closest to what the cores can do."""
-    fn()
-    best_wall = best_cpu = 0.0
-    for _ in range(reps):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
-        best_wall = max(best_wall, flops / wall / 1e9)
-        best_cpu = max(best_cpu, flops / (max(cpu, 1e-9) / torch.get_num_threads()) / 1e9)
-    return best_wall, best_cpu
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> tuple[float, float]:
-    """An n x n matmul: (best wall GFLOP/s, best CPU-time GFLOP/s x threads)."""
-    a = torch.rand(n, n).to(dtype)
-    b = torch.rand(n, n).to(dtype)
-    return _best_rate(lambda: a @ b, 2 * n**3, reps)
-
-
-def conv_gflops(dtype: torch.dtype, reps: int = 5) -> tuple[float, float]:
-    """A large 3x3 conv (32 x 128 x 64 x 64, channels-last, oneDNN), as matmul_gflops."""
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(dtype).to(memory_format=torch.channels_last)
-    x = torch.rand(32, 128, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
-
-    def run():
-        with torch.no_grad():
-            conv(x)
-
-    return _best_rate(run, 2 * 32 * 64 * 64 * 128 * 128 * 9, reps)
 
 
 def raw_loop_img_per_s(images: torch.Tensor, precision: str, steps: int = 20) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 import zlib
 from pathlib import Path
@@ -498,6 +499,70 @@ def test_several_source_seeds_give_the_zero_and_a_rows_a_spread(pair, tmp_path, 
     assert two["source_models_s"] == pytest.approx(2 * one["source_models_s"])
     with pytest.raises(InputError, match="source_seeds"):
         study.source_seeds({"study": {"source_seeds": [1, 1]}})
+
+
+def test_the_time_estimate_scales_with_this_machines_matmul_rate(monkeypatch):
+    """The printed estimate is the presets' [estimate] speeds, measured on one machine, scaled by
+    this machine's float32 convolution rate over that machine's (training is bound by it)."""
+    import torch
+
+    from morphtransfer import inference, speed
+
+    cfg = study.load_config("quick")
+    plan, _ = study.plan_experiments(cfg, list(cfg["study"]["tasks"]))
+    base = study.estimate_seconds(cfg, plan, 12000)
+    assert base["simulate_s"] == pytest.approx(12000 / 27.5)  # the speeds as measured
+    twice = study.estimate_seconds(study.with_speed(cfg, 2.0), plan, 12000)
+    assert twice["simulate_s"] == pytest.approx(base["simulate_s"] / 2)
+    fixed = 3 * study.FIT_OVERHEAD_S  # one source model per task: a fixed setup cost each
+    assert twice["source_models_s"] == pytest.approx((base["source_models_s"] - fixed) / 2 + fixed)
+    n_exp = len(plan)  # each: at most a fit's setup and 1 s of loading, unscaled
+    assert base["experiments_s"] / 2 < twice["experiments_s"] <= (
+        base["experiments_s"] / 2 + n_exp * (study.FIT_OVERHEAD_S + 1.0))
+    assert "speed_factor" not in cfg["estimate"]  # with_speed copies
+    # the real probe on this machine, against the preset's reference of 145 GFLOP/s
+    factor, how = study.machine_speed(cfg)
+    gflops = float(re.search(r"at (\d+) GFLOP/s in a float32 conv", how).group(1))
+    assert gflops > 1.0 and factor * 145.0 == pytest.approx(gflops, abs=0.5)
+    monkeypatch.setattr(speed, "conv_gflops", lambda **kw: (290.0, 290.0))
+    factor, how = study.machine_speed(cfg)
+    assert factor == pytest.approx(2.0) and "290 GFLOP/s" in how and "against 145" in how
+    # no reference: the speeds as they are, no probe; a GPU: the CPU speeds are an upper bound
+    no_ref = {**cfg, "estimate": {k: v for k, v in cfg["estimate"].items()
+                                  if k != "reference_conv_gflops"}}
+    monkeypatch.setattr(speed, "conv_gflops", lambda **kw: pytest.fail("probed"))
+    assert study.machine_speed(no_ref)[0] == 1.0
+    monkeypatch.setattr(inference, "default_device", lambda: torch.device("cuda"))
+    factor, how = study.machine_speed(cfg)
+    assert factor == 1.0 and "upper bound" in how
+
+
+def test_the_printed_estimate_names_the_probe_and_uses_its_speed(tmp_path, monkeypatch):
+    """The start line of a simulated run: the estimate at this machine's measured speed, with
+    the probe's figures (markup-escaped: '[estimate]' is printed, not eaten by rich)."""
+    from rich.console import Console
+
+    from morphtransfer import speed
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **kw):
+        raise Stop
+
+    monkeypatch.setattr(speed, "conv_gflops", lambda **kw: (290.0, 290.0))  # 2x the reference
+    monkeypatch.setattr(study, "_ensure_simulated", stop)
+    cfg = study.load_config("quick")
+    plan, _ = study.plan_experiments(cfg, list(cfg["study"]["tasks"]))
+    n_test = {t: study._per_task(cfg["target"]["n_test"], t, "n_test") for t in cfg["study"]["tasks"]}
+    expect = study.estimate_seconds(study.with_speed(cfg, 2.0), plan, 12000, n_test)
+    console = Console(record=True, width=300)
+    with pytest.raises(Stop):
+        study.run_study(out=tmp_path / "r", config=cfg, console=console, progress=False)
+    line = console.export_text()
+    assert f"estimated time ~{expect['total_s'] / 60:.0f} min" in line
+    assert f"simulation {12000 / 55.0 / 60:.1f}," in line  # 27.5/s x 2
+    assert "at 290 GFLOP/s in a float32 conv, against 145 where the [estimate] speeds" in line
 
 
 def test_target_votes_default_follows_the_data_and_a_run_folder_keeps_its_labelling(pair, tmp_path, monkeypatch):

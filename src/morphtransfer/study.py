@@ -763,12 +763,45 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
 
 
 def _rates(cfg: dict) -> tuple[float, float, float]:
+    """(simulated galaxies/s, training images/s, predicted images/s) on this machine: the
+    [estimate] speeds times ``speed_factor`` (machine_speed; 1 when not measured)."""
     est = cfg.get("estimate", {})
+    f = float(est.get("speed_factor", 1.0))
     return (
-        float(est.get("simulate_galaxies_per_s", 40.0)),
-        float(est.get("train_images_per_s", 200.0)),
-        float(est.get("predict_images_per_s", 900.0)),
+        f * float(est.get("simulate_galaxies_per_s", 40.0)),
+        f * float(est.get("train_images_per_s", 200.0)),
+        f * float(est.get("predict_images_per_s", 900.0)),
     )
+
+
+def machine_speed(cfg: dict) -> tuple[float, str]:
+    """(speed factor, how it was found) of this machine against the one the [estimate] speeds
+    were measured on (``reference_conv_gflops``): the ratio of float32 convolution rates on the
+    threads training uses (speed.py: DS18's CPU training is bound by them; ~0.5 s to measure).
+    1.0 without a reference, or where training runs on a GPU (the CPU speeds do not apply)."""
+    ref = cfg.get("estimate", {}).get("reference_conv_gflops")
+    if not ref:
+        return 1.0, f"the [estimate] speeds, on {os.cpu_count()} CPU cores"
+    from morphtransfer.inference import default_device
+
+    if default_device().type != "cpu":
+        return 1.0, "the [estimate] CPU speeds: an upper bound on a GPU"
+    import torch
+
+    from morphtransfer.speed import conv_gflops
+    from morphtransfer.train import _set_threads
+
+    _set_threads()
+    gflops, _ = conv_gflops(reps=4)
+    return gflops / float(ref), (
+        f"{torch.get_num_threads()} CPU threads at {gflops:.0f} GFLOP/s in a float32 conv, "
+        f"against {float(ref):.0f} where the [estimate] speeds were measured"
+    )
+
+
+def with_speed(cfg: dict, factor: float) -> dict:
+    """A copy of ``cfg`` whose time estimates use ``factor`` (machine_speed)."""
+    return {**cfg, "estimate": {**cfg.get("estimate", {}), "speed_factor": float(factor)}}
 
 
 # Lightning setup, checkpoints and model loading per training: a fixed cost that dominates the
@@ -879,6 +912,9 @@ def run_study(
         raise InputError("--target needs --source: the study transfers a source model to a target survey")
     simulated = source is None
     cfg = resolve_target_votes(cfg, simulated, target_votes)
+    # the time estimates only: this machine's speed against the [estimate] speeds' machine
+    speed, speed_how = machine_speed(cfg)
+    est_cfg = with_speed(cfg, speed)
     if simulated:
         sim = cfg.get("simulate", {})
         sim_n = int(sim.get("n_galaxies", 6000))
@@ -889,13 +925,13 @@ def run_study(
         plan0, _ = plan_experiments(cfg, list(cfg["study"]["tasks"]))
         n_test0 = {t: _per_task(cfg["target"]["n_test"], t, "n_test") for t in cfg["study"]["tasks"]}
         sim_done = (data / "simulated.json").exists()
-        est0 = estimate_seconds(cfg, plan0, 0 if sim_done else sim_n, n_test0)
+        est0 = estimate_seconds(est_cfg, plan0, 0 if sim_done else sim_n, n_test0)
         console.print(
             f"[bold]morphtransfer study[/] preset [cyan]{cfg.get('name')}[/] -> {paths.root}: "
             f"{len(plan0)} experiments on {len(cfg['study']['tasks'])} tasks; estimated time "
-            f"~{est0['total_s'] / 60:.0f} min on 2 CPU cores (simulation "
+            f"~{est0['total_s'] / 60:.0f} min (simulation "
             f"{est0['simulate_s'] / 60:.1f}, source models {est0['source_models_s'] / 60:.1f}, "
-            f"experiments {est0['experiments_s'] / 60:.1f} min)",
+            f"experiments {est0['experiments_s'] / 60:.1f} min) from {escape(speed_how)}",
             highlight=False,
         )
     else:
@@ -910,7 +946,7 @@ def run_study(
 
     if simulated:
         t_sim = time.time()
-        _ensure_simulated(paths.root / "data", cfg, console, sim_n)
+        _ensure_simulated(paths.root / "data", est_cfg, console, sim_n)
         sim_s = time.time() - t_sim
 
     from morphtransfer.data.store import Store
@@ -984,7 +1020,7 @@ def run_study(
         t: len(rows_of(splits, t, "target_test" if tgt_store else "source_test")) for t in tasks
     }
     jobs: list = [SourceJob(t, s) for t in tasks for s in source_seeds(cfg)] + list(experiments)
-    costs = [job_seconds(cfg, j, 0 if isinstance(j, SourceJob) else n_test[j.task]) for j in jobs]
+    costs = [job_seconds(est_cfg, j, 0 if isinstance(j, SourceJob) else n_test[j.task]) for j in jobs]
     n_train_jobs = len(jobs) - len(experiments) + sum(e.trains for e in experiments)
     console.print(
         f"  source {src_store.path} ({len(src_store)} galaxies)"

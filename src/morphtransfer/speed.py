@@ -1,0 +1,52 @@
+"""How fast this machine computes: the probe behind the study's time estimate.
+
+Training DS18 on a CPU is bound by its float32 convolutions (oneDNN). So the rate of one large
+float32 convolution on the threads training will use says how much faster or slower than the
+machine the presets' ``[estimate]`` speeds were measured on a study will run here. Measured:
+a 2-core AMD EPYC ran this conv at 425-431 GFLOP/s and trained DS18 at 151-158 images/s
+(benchmarks/train_speed.py), a 2-core Intel Xeon at 143 GFLOP/s and 48.5 images/s: 3.0x and
+3.2x. A large matmul says less (428 and ~190 GFLOP/s, 2.2x: the Xeon's convolutions reach a
+smaller share of its matmul rate). The benchmarks use the same functions for their ceilings.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def best_rate(fn, flops: float, reps: int) -> tuple[float, float]:
+    """(best wall GFLOP/s, best CPU-time GFLOP/s x threads) of ``fn`` over ``reps`` calls after a
+    warm-up: contention only slows a repetition down, so the best one is the closest to what the
+    cores can do."""
+    fn()
+    best_wall = best_cpu = 0.0
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        best_wall = max(best_wall, flops / max(wall, 1e-9) / 1e9)
+        best_cpu = max(best_cpu, flops / (max(cpu, 1e-9) / torch.get_num_threads()) / 1e9)
+    return best_wall, best_cpu
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 8) -> tuple[float, float]:
+    """An n x n matmul on torch's current threads: (best wall GFLOP/s, best CPU-time GFLOP/s x
+    threads)."""
+    a = torch.rand(n, n).to(dtype)
+    b = torch.rand(n, n).to(dtype)
+    return best_rate(lambda: a @ b, 2 * n**3, reps)
+
+
+def conv_gflops(dtype: torch.dtype = torch.float32, reps: int = 5) -> tuple[float, float]:
+    """A large 3x3 conv (32 x 128 x 64 x 64, channels-last, oneDNN), as matmul_gflops: 4.8 GFLOP
+    a call, so ~0.2 s for 4 repetitions at 140 GFLOP/s."""
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(dtype).to(memory_format=torch.channels_last)
+    x = torch.rand(32, 128, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def run():
+        with torch.no_grad():
+            conv(x)
+
+    return best_rate(run, 2 * 32 * 64 * 64 * 128 * 128 * 9, reps)
