@@ -3,8 +3,11 @@
     .venv/bin/python benchmarks/study_quick.py [--out runs/bench_quick] [--preset quick]
 
 Runs (or resumes, if --out already holds a finished run) the study and prints the seconds spent
-simulating, training the source models, running the experiments and writing the report. The
-machine has 2 cores shared with whatever else runs: note the load average printed with it.
+simulating, training the source models, running the experiments and writing the report, with
+the machine's speed against the presets' [estimate] machine (``speed_factor``, the study's float32
+conv probe, morphtransfer.speed) and the estimate the study printed from it
+(``estimated_total_s``), so figures from different machines can be compared. The machine has 2
+cores shared with whatever else runs: note the load average printed with it.
 """
 
 from __future__ import annotations

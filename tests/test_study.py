@@ -493,6 +493,15 @@ def test_several_source_seeds_give_the_zero_and_a_rows_a_spread(pair, tmp_path, 
     assert row["auc"] == pytest.approx(np.mean(per_seed))
     assert per_seed[0] != per_seed[1]
     assert row["auc_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    # timings.jsonl keeps the estimate beside the real time (no [estimate] reference: factor 1)
+    logged = json.loads((out / "timings.jsonl").read_text().splitlines()[-1])
+    assert logged["speed_factor"] == 1.0 and logged["total_s"] == res.timings["total_s"]
+    splits = pd.read_parquet(out / "splits.parquet")
+    n_test = splits[splits["role"] == "target_test"].groupby("task").size()
+    jobs = [study.SourceJob(t, s) for t in sorted(n_test.index) for s in (0, 5)]
+    expect = sum(study.job_seconds(cfg, j, 0) for j in jobs) + sum(
+        study.job_seconds(cfg, e, int(n_test[e.task])) for e in res.experiments) + 20.0
+    assert logged["estimated_total_s"] == pytest.approx(expect, abs=0.06)
     # the estimate counts one source training per source seed
     one = study.estimate_seconds({**cfg, "study": {**cfg["study"], "source_seeds": [0]}}, res.experiments)
     two = study.estimate_seconds(cfg, res.experiments)

@@ -915,6 +915,7 @@ def run_study(
     # the time estimates only: this machine's speed against the [estimate] speeds' machine
     speed, speed_how = machine_speed(cfg)
     est_cfg = with_speed(cfg, speed)
+    est_total = None  # the estimate printed at start, kept in timings.jsonl beside the real time
     if simulated:
         sim = cfg.get("simulate", {})
         sim_n = int(sim.get("n_galaxies", 6000))
@@ -926,6 +927,7 @@ def run_study(
         n_test0 = {t: _per_task(cfg["target"]["n_test"], t, "n_test") for t in cfg["study"]["tasks"]}
         sim_done = (data / "simulated.json").exists()
         est0 = estimate_seconds(est_cfg, plan0, 0 if sim_done else sim_n, n_test0)
+        est_total = est0["total_s"]
         console.print(
             f"[bold]morphtransfer study[/] preset [cyan]{cfg.get('name')}[/] -> {paths.root}: "
             f"{len(plan0)} experiments on {len(cfg['study']['tasks'])} tasks; estimated time "
@@ -1021,6 +1023,8 @@ def run_study(
     }
     jobs: list = [SourceJob(t, s) for t in tasks for s in source_seeds(cfg)] + list(experiments)
     costs = [job_seconds(est_cfg, j, 0 if isinstance(j, SourceJob) else n_test[j.task]) for j in jobs]
+    if est_total is None:
+        est_total = sum(costs) + 20.0
     n_train_jobs = len(jobs) - len(experiments) + sum(e.trains for e in experiments)
     console.print(
         f"  source {src_store.path} ({len(src_store)} galaxies)"
@@ -1078,6 +1082,8 @@ def run_study(
         "total_s": round(result.elapsed_s, 1),
         "models_trained": result.trained,
         "steps_reused": result.skipped,
+        "estimated_total_s": round(est_total, 1),
+        "speed_factor": round(speed, 3),
     }
     # appended per call: a resumed run shows each of its sessions
     with (paths.root / "timings.jsonl").open("a") as fh:
