@@ -546,6 +546,41 @@ def test_the_time_estimate_scales_with_this_machines_matmul_rate(monkeypatch):
     assert factor == 1.0 and "upper bound" in how
 
 
+def test_simulation_workers_auto_is_one_per_core_and_a_resume_may_change_them(pair, tmp_path, monkeypatch):
+    """[simulate] workers = "auto" (the presets): one rendering process per usable core, at most
+    MAX_AUTO_WORKERS; a number is taken as it is; the workers do not change the galaxies, so a
+    run folder resumes with another setting."""
+    import os
+
+    for name in ("quick", "paper"):
+        assert study.load_config(name)["simulate"]["workers"] == "auto"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert study.simulation_workers("auto") == 3 and study.simulation_workers(None) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert study.simulation_workers("auto") == study.MAX_AUTO_WORKERS == 8
+    assert study.simulation_workers(5) == 5 and study.simulation_workers("0") == 0
+    # the study's simulation step renders with them
+    from rich.console import Console
+
+    seen = []
+    monkeypatch.setattr(study, "_simulate", lambda n, seed, out, workers, surveys: seen.append(workers))
+    study._ensure_simulated(tmp_path / "d", study.load_config("quick"), Console(quiet=True), 6)
+    assert seen == [8]
+    for bad in ("many", -1):
+        with pytest.raises(InputError, match="workers"):
+            study.simulation_workers(bad)
+    monkeypatch.setattr(study, "_engine", lambda: FakeEngine())
+    cfg = tiny_config(sweep={"n_train": [], "seeds": []})
+    cfg["simulate"] = {"workers": 2}
+    study.run_study(out=tmp_path / "r", source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
+    cfg["simulate"] = {"workers": "auto"}
+    res = study.run_study(out=tmp_path / "r", source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
+    assert res.trained == 0 and res.skipped > 0  # resumed, nothing redone
+    cfg["simulate"] = {"workers": "auto", "seed": 3}  # but a setting that changes results is refused
+    with pytest.raises(InputError, match="different configuration"):
+        study.run_study(out=tmp_path / "r", source=pair[0], target=pair[1], config=cfg, progress=False, report=False)
+
+
 def test_the_printed_estimate_names_the_probe_and_uses_its_speed(tmp_path, monkeypatch):
     """The start line of a simulated run: the estimate at this machine's measured speed, with
     the probe's figures (markup-escaped: '[estimate]' is printed, not eaten by rich)."""

@@ -621,6 +621,31 @@ def simulated_pair(cfg: dict) -> tuple[str, str]:
     return "sdss", name
 
 
+# "auto" simulation workers: one per usable core, at most this many (each worker holds its own
+# Python, GalSim and numpy and a batch of stamps: ~0.5 GiB, from the README's 1.5 GiB summed over
+# the main process and 2 workers)
+MAX_AUTO_WORKERS = 8
+
+
+def simulation_workers(value) -> int:
+    """[simulate] workers: a number, or "auto" (the default): one rendering process per CPU core
+    this process may use, at most MAX_AUTO_WORKERS. The galaxies do not depend on it (each is a
+    function of the seed and its index), only the wall time does."""
+    if value is None or str(value).strip().lower() == "auto":
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - macOS, Windows
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, MAX_AUTO_WORKERS))
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"[simulate] workers = {value!r}: give a number of processes or \"auto\"") from None
+    if n < 0:
+        raise InputError(f"[simulate] workers = {n}: give 0 or more processes, or \"auto\"")
+    return n
+
+
 def _simulate(n: int, seed: int, out: Path, workers: int,
               surveys: tuple[str, str] = ("sdss", "des")) -> None:
     from morphtransfer.simulate import simulate
@@ -749,10 +774,11 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
                 f"--target-votes {was}, or pass a new --out folder (unset, the built-in simulated "
                 "pair now takes 'source', the study's labelling)"
             )
-        # the time estimate and description do not change results
+        # the time estimate, description and simulation workers do not change results
         for d in (old, new):
             d.pop("estimate", None)
             d.pop("description", None)
+            d.get("simulate", {}).pop("workers", None)
         if old != new:
             raise InputError(
                 f"{paths.root} holds a run with a different configuration ({paths.config}); "
@@ -1227,7 +1253,7 @@ def _ensure_simulated(data: Path, cfg: dict, console, n: int) -> None:
         highlight=False,
     )
     t0 = time.time()
-    _simulate(n, int(sim.get("seed", 0)), data, int(sim.get("workers", 2)), simulated_pair(cfg))
+    _simulate(n, int(sim.get("seed", 0)), data, simulation_workers(sim.get("workers")), simulated_pair(cfg))
     data.mkdir(parents=True, exist_ok=True)
     _write_atomic(done, json.dumps({"n_galaxies": n, "seed": int(sim.get("seed", 0)),
                                     "surveys": list(simulated_pair(cfg)),
