@@ -510,7 +510,7 @@ def test_several_source_seeds_give_the_zero_and_a_rows_a_spread(pair, tmp_path, 
         study.source_seeds({"study": {"source_seeds": [1, 1]}})
 
 
-def test_the_time_estimate_scales_with_this_machines_matmul_rate(monkeypatch):
+def test_the_time_estimate_scales_with_this_machines_conv_rate(monkeypatch):
     """The printed estimate is the presets' [estimate] speeds, measured on one machine, scaled by
     this machine's float32 convolution rate over that machine's (training is bound by it)."""
     import torch

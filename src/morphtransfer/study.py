@@ -833,6 +833,8 @@ def with_speed(cfg: dict, factor: float) -> dict:
 # Lightning setup, checkpoints and model loading per training: a fixed cost that dominates the
 # smallest fine-tunes (measured ~2 s on 2 cores).
 FIT_OVERHEAD_S = 2.0
+# the report and its figures, at the end of every estimate
+REPORT_S = 20.0
 
 
 def _epochs(cfg: dict, which: str, n_train: int, task: str) -> int:
@@ -876,7 +878,7 @@ def estimate_seconds(cfg: dict, experiments: list[Experiment], simulate_n: int =
         "source_models_s": sum(job_seconds(cfg, SourceJob(t, s), 0) for t in tasks for s in source_seeds(cfg)),
         "experiments_s": sum(job_seconds(cfg, e, n_test.get(e.task, 500)) for e in experiments),
     }
-    out["total_s"] = sum(out.values()) + 20.0  # report and figures
+    out["total_s"] = sum(out.values()) + REPORT_S
     return out
 
 
@@ -1050,7 +1052,7 @@ def run_study(
     jobs: list = [SourceJob(t, s) for t in tasks for s in source_seeds(cfg)] + list(experiments)
     costs = [job_seconds(est_cfg, j, 0 if isinstance(j, SourceJob) else n_test[j.task]) for j in jobs]
     if est_total is None:
-        est_total = sum(costs) + 20.0
+        est_total = sum(costs) + REPORT_S
     n_train_jobs = len(jobs) - len(experiments) + sum(e.trains for e in experiments)
     console.print(
         f"  source {src_store.path} ({len(src_store)} galaxies)"
