@@ -133,6 +133,8 @@ def main(argv=None) -> None:
                     help="DES galaxies the target samples are drawn from; the rest is the source pool")
     ap.add_argument("--source-n", nargs="+", type=int, default=[1000, 3000, 10000])
     ap.add_argument("--source-epochs", type=int, default=None)
+    ap.add_argument("--source-lr", type=float, default=None,
+                    help="learning rate of the SDSS models (default: the preset's)")
     ap.add_argument("--target-n", nargs="+", type=int, default=[50, 300])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--max-inclination", type=float, default=40.0)
@@ -145,6 +147,8 @@ def main(argv=None) -> None:
     cfg = study.load_config(a.preset)
     if a.source_epochs:
         cfg["recipe"]["source"]["max_epochs"] = a.source_epochs
+    if a.source_lr:
+        cfg["recipe"]["source"]["learning_rate"] = a.source_lr
 
     t0 = time.time()
     indices = face_on_disks(a.seed, a.n_faceon, a.max_inclination)
@@ -170,7 +174,7 @@ def main(argv=None) -> None:
             continue
         fit = src_rows.iloc[np.sort(np.random.default_rng([a.seed, 3]).choice(len(src_rows), n, replace=False))]
         recipe = study.make_recipe(cfg, "source", n, 0, "Q3")
-        folder = models / f"source_n{n}_e{recipe.max_epochs}"
+        folder = models / f"source_n{n}_e{recipe.max_epochs}_lr{recipe.learning_rate:g}"
         t1 = time.time()
         train.train_model(stores["sdss"], "Q3", rows=fit.reset_index(drop=True), label_column="label",
                           recipe=recipe, out=folder, progress=False)
