@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from morphtransfer.errors import InputError
-from morphtransfer.models import DS18, count_parameters, load_model, save_model
+from morphtransfer.models import DS18, active_feature_channels, count_parameters, load_model, save_model
 
 
 def test_ds18_parameter_count_and_layer_shapes():
@@ -55,6 +55,28 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     (tmp_path / "bad" / "card.json").write_text(json.dumps({"architecture": "ds18", "task": "Q1"}))
     with pytest.raises(InputError, match="cannot be read"):
         load_model(tmp_path / "bad")
+
+
+def test_active_feature_channels_counts_the_last_conv_layers_firing_channels():
+    torch.manual_seed(0)
+    m = DS18().train()
+    x = torch.rand(70, 3, 69, 69)
+    with torch.no_grad():
+        h = m.eval().features(x)
+    m.train()
+    expect = int((h > 0).flatten(2).any(2).any(0).sum())
+    assert 64 < expect <= 128  # a fresh Glorot network: most channels fire on noise images
+    # counted in eval mode (no dropout), over batches of 64, and the caller's mode is kept
+    assert active_feature_channels(m, x) == expect and m.training
+    # a network whose last conv layer is shut (all biases far below any input) is dead: 0
+    last = [layer for layer in m.features if isinstance(layer, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.bias.fill_(-1e3)
+    assert active_feature_channels(m, x) == 0
+    d = m.eval()(x)
+    assert torch.equal(d, d[:1].expand_as(d))  # the same logit for every image
+    assert active_feature_channels(m, x[:0]) is None
+    assert active_feature_channels(torch.nn.Linear(3, 1), x) is None
 
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.3])

@@ -120,7 +120,7 @@ def test_claims_say_which_questions_show_each_finding():
     c = claims(found)
     assert c["largest_gap_small_n"] == "Q2" and c["d_flat"] == ["Q2"]
     assert claims_lines(c, ["Q1", "Q2", "Q3"])[3].endswith(
-        "is Q2's (flat (d) seeds in Q2: that (d) stayed on the loss plateau)")
+        "is Q2's (flat (d) seeds in Q2: that (d) stayed on the loss plateau or died)")
     assert claims(found.iloc[:0]) == {} and claims_lines({}, []) == []
 
 
@@ -179,7 +179,7 @@ def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     assert lines[1].endswith("(1 of 2 (d) seeds flat: P barely varies)")
     assert lines[2:4] == ["claims, per question:",
                           "  (a) loses >= 0.02 of TPR or precision against (0): Q1 (1 of 1)"]
-    assert lines[-1].endswith("(flat (d) seeds in Q1: that (d) stayed on the loss plateau)")
+    assert lines[-1].endswith("(flat (d) seeds in Q1: that (d) stayed on the loss plateau or died)")
     # the sweep as a table: seed 1 reversed at 50 (AUC 0 and 1), both perfect at 100
     lb_md = (tmp_path / "label_budget.md").read_text().splitlines()
     assert lb_md[0] == "| Question | Exp. | N = 50 | N = 100 | reaches (0) at |"
@@ -187,6 +187,38 @@ def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     assert lb_md[4] == "| Q1 | (d) | 0.500 ± 0.707 | 1.000 ± 0.000 (1 flat) | 100 |"
     assert "Levels: Q1 (0) 1.000, (a) 1.000. Reaches:" in lb_md[-1]
     assert budget_markdown(label_budget(agg[agg["experiment"].isin(["0", "a"])])) == ""
+
+
+def test_dead_models_are_counted_apart_from_flat_ones(tmp_path):
+    """A dead model (no feature channel fires: the card's active_feature_channels = 0) is flat
+    and named dead; a run's predictions without that column (older runs) count none dead."""
+    preds = _synthetic_predictions()
+    preds["active_feature_channels"] = 90.0
+    d100 = (preds["experiment"] == "d") & (preds["n_train_target"] == 100)
+    preds.loc[d100 & (preds["seed"] == 0), "p"] = 0.4987  # one P for every galaxy
+    preds.loc[d100 & (preds["seed"] == 0), "active_feature_channels"] = 0.0
+    seed1 = d100 & (preds["seed"] == 1)  # flat but alive: P spread by 5e-4, channels firing
+    preds.loc[seed1, "p"] = 0.4995 + (preds.loc[seed1, "p"] - 0.5) * 0.002
+    preds.loc[seed1, "active_feature_channels"] = 12.0
+    per_seed = compute_metrics(preds, p_threshold=0.5, n_boot=20)
+    by = {(r["experiment"], r["n_train_target"], r["seed"]): r for r in per_seed}
+    assert by[("d", 100, 0)]["dead"] is True and by[("d", 100, 0)]["auc"] == 0.5
+    assert by[("d", 100, 1)]["dead"] is False and by[("d", 100, 1)]["flat"] is True
+    assert by[("d", 100, 1)]["active_feature_channels"] == 12
+    assert by[("b", 100, 0)]["dead"] is False and by[("b", 100, 0)]["active_feature_channels"] == 90
+    t2 = table2(aggregate(per_seed), {"Q1": 100}).set_index("experiment")
+    assert (t2.loc["d", "n_flat"], t2.loc["d", "n_dead"]) == (2, 1)
+    assert t2["n_dead"].sum() == 1
+    preds.to_parquet(tmp_path / "predictions.parquet", index=False)
+    cfg = tiny_config()
+    cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
+    write_report(tmp_path, cfg=cfg)
+    md = (tmp_path / "table2.md").read_text()
+    assert "Flat models (P barely varies): Q1 (d) 2 of 2 seeds (1 dead)." in md
+    assert "active_feature_channels = 0" in md
+    old = compute_metrics(_synthetic_predictions(), p_threshold=0.5, n_boot=20)
+    assert all(r["dead"] is False and r["active_feature_channels"] is None for r in old)
+    assert aggregate(old)["n_dead"].sum() == 0
 
 
 def test_report_files_from_synthetic_predictions(tmp_path):

@@ -129,6 +129,8 @@ def test_scratch_training_learns_blobs_and_writes_card(scratch_model, blob_store
     assert m["auc"] > 0.8, m
     assert m["auc_lo"] <= m["auc"] <= m["auc_hi"]
     assert not (scratch_model / "checkpoints").exists()
+    # a network that learnt keeps feature channels firing on its validation galaxies
+    assert 10 <= card["active_feature_channels"] <= 128
 
 
 def test_same_seed_gives_identical_weights_and_resume_returns_finished(blob_store, tmp_path):

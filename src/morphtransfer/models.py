@@ -145,6 +145,40 @@ class DS18(nn.Module):
             p.requires_grad_(False)
 
 
+@torch.no_grad()
+def active_feature_channels(model: nn.Module, images, max_images: int = 256) -> int | None:
+    """How many channels of the last convolutional layer fire (> 0 after its ReLU) on at least
+    one of ``images`` (the first ``max_images``), in eval mode; None for a network without a
+    ``features`` stack.
+
+    0 is a dead network: the dense part sees zeros whatever the galaxy, so every galaxy gets the
+    same P, and no gradient reaches the convolutional layers, so more training cannot revive it.
+    DS18 trained from scratch on a signal it does not find (its dropout penalises any output
+    that varies) can shut its features down one by one: a healthy trained DS18 keeps ~90-120 of
+    128 firing, a from-scratch one on the ln 2 loss plateau a few dozen or none (README,
+    "Dead and flat models").
+    """
+    base = getattr(model, "_orig_mod", model)
+    feats = getattr(base, "features", None)
+    if feats is None:
+        return None
+    x = torch.as_tensor(images[:max_images])
+    if x.shape[0] == 0:
+        return None
+    was_training = base.training
+    base.eval()
+    try:
+        p = next(base.parameters())
+        fired = None
+        for i in range(0, x.shape[0], 64):
+            h = feats(x[i:i + 64].to(device=p.device, dtype=p.dtype))
+            f = (h > 0).flatten(2).any(2).any(0)
+            fired = f if fired is None else fired | f
+        return int(fired.sum())
+    finally:
+        base.train(was_training)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -1402,7 +1402,8 @@ def collect_predictions(paths: StudyPaths, experiments: list[Experiment]) -> pd.
     """Every finished experiment's test predictions, with the model's validation threshold.
 
     ``p_threshold_val``: the threshold the engine chose on the model's own validation galaxies
-    (Youden's J; in the model card). The study notes that P_th = 0.5 is not optimal for a model
+    (Youden's J; in the model card). ``active_feature_channels``: the card's count of firing
+    feature channels (0: a dead network; NaN for models trained before it was kept). The study notes that P_th = 0.5 is not optimal for a model
     applied to another survey; (0) and (a) share the source model's, chosen on source data.
     """
     frames = []
@@ -1411,8 +1412,10 @@ def collect_predictions(paths: StudyPaths, experiments: list[Experiment]) -> pd.
         if f.exists():
             d = pd.read_parquet(f)
             card = paths.model(exp) / "card.json"
-            thr = json.loads(card.read_text()).get("p_threshold_val") if card.exists() else None
+            info = json.loads(card.read_text()) if card.exists() else {}
+            thr, act = info.get("p_threshold_val"), info.get("active_feature_channels")
             d["p_threshold_val"] = float(thr) if thr is not None else np.nan
+            d["active_feature_channels"] = float(act) if act is not None else np.nan
             frames.append(d)
     if not frames:
         return pd.DataFrame(columns=["id", "task", "experiment", "seed", "n_train", "split", "label", "p"])

@@ -823,6 +823,18 @@ def train_model(
         val_info["val_metrics"] = metrics.binary_metrics(yv, p, 0.5)
         if len(np.unique(yv)) == 2:
             val_info["p_threshold_val"] = metrics.choose_threshold(yv, p)
+    from morphtransfer.models import active_feature_channels
+
+    # a dead network (no feature channel fires) gives one P to every galaxy and cannot recover
+    probe = val_ds.images if len(val_ds) else fit_ds.images
+    val_info["active_feature_channels"] = active_feature_channels(final, probe)
+    if val_info["active_feature_channels"] == 0:
+        warnings.warn(
+            f"the network trained into {out} is dead: no channel of its last convolutional layer "
+            f"fires on its {'validation' if len(val_ds) else 'training'} galaxies, so it gives "
+            "every galaxy the same P; it was trained from scratch on a signal it did not find "
+            "(more galaxies, a lower learning_rate or a fine-tune from a trained model help)",
+            stacklevel=2)
     pd.DataFrame({"id": rows["id"].astype(str), "label": y_all, "role": roles, "p": p_val}).to_csv(
         out / TRAINING_IDS_FILE, index=False
     )

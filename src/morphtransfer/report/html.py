@@ -83,6 +83,7 @@ def _models(run_dir: Path) -> pd.DataFrame:
                 "epochs_run": c.get("epochs_run"),
                 "best_epoch": c.get("best_epoch"),
                 "val_auc": c.get("val_auc"),
+                "active_feature_channels": c.get("active_feature_channels"),
                 "training_set_hash": str(c.get("training_set_hash", ""))[:12],
                 "model_id": c.get("model_id"),
             }
@@ -150,7 +151,7 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
         if path is not None:
             parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>")
     if len(budget):
-        cols = ["task", "experiment", "n_train_target", "n_seeds", "n_flat", "auc", "auc_std", "accuracy",
+        cols = ["task", "experiment", "n_train_target", "n_seeds", "n_flat", "n_dead", "auc", "auc_std", "accuracy",
                 "accuracy_std", "tpr", "precision", "auc_level_0", "auc_level_0t", "auc_level_a"]
         parts += ["<h2>Label-budget table</h2>", _table(budget[[c for c in cols if c in budget]])]
     models = _models(run_dir)

@@ -60,6 +60,10 @@ def compute_metrics(
         r["n_pos"] = int(y.sum())
         r["p_std"] = float(np.std(p))
         r["flat"] = bool(r["p_std"] < FLAT_P_STD)
+        # the model card's count of firing feature channels (None for runs before it was kept)
+        act = g["active_feature_channels"].iloc[0] if "active_feature_channels" in g.columns else math.nan
+        r["active_feature_channels"] = int(act) if np.isfinite(act) else None
+        r["dead"] = r["active_feature_channels"] == 0
         ev = m.evaluate_predictions(y, p, p_threshold=p_threshold, n_boot=n_boot, seed=seed)
         r.update({k: _plain(v) for k, v in ev.items() if k not in ("n", "n_pos")})
         thr = g["p_threshold_val"].iloc[0] if "p_threshold_val" in g.columns else math.nan
@@ -107,6 +111,7 @@ def aggregate(per_seed: list[dict]) -> pd.DataFrame:
         r["n_pos"] = int(g["n_pos"].iloc[0])
         r["n_seeds"] = int(len(g))
         r["n_flat"] = int(g["flat"].astype(bool).sum())
+        r["n_dead"] = int(g["dead"].astype(bool).sum()) if "dead" in g else 0
         for mname in METRICS:
             vals = g[mname].to_numpy(dtype="float64")
             r[mname] = float(np.mean(vals))
@@ -295,7 +300,7 @@ def claims_lines(c: dict, questions: list[str]) -> list[str]:
         if c.get("largest_gap_small_n") is not None:
             s += f"; the largest (b) - (d) at N={c['n_train_small']} is {c['largest_gap_small_n']}'s"
         if c["d_flat"]:
-            s += f" (flat (d) seeds in {qs(c['d_flat'])}: that (d) stayed on the loss plateau)"
+            s += f" (flat (d) seeds in {qs(c['d_flat'])}: that (d) stayed on the loss plateau or died)"
         lines.append(s)
     return lines
 
@@ -319,6 +324,7 @@ def _flat_phrase(t2: pd.DataFrame) -> str:
     """"Q3 (d) 2 of 2 seeds, ..." for the Table 2 rows with flat models; "" when none."""
     parts = [f"{r['question']} ({r['experiment']}) {int(r['n_flat'])} of {int(r['n_seeds'])} "
              f"seed{'s' if int(r['n_seeds']) > 1 else ''}"
+             + (f" ({int(r['n_dead'])} dead)" if r.get("n_dead", 0) > 0 else "")
              for _, r in t2.iterrows() if r["n_flat"] > 0]
     return ", ".join(parts)
 
@@ -367,7 +373,9 @@ def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS
             "their TPR, precision and accuracy only say which side; their AUC ranks by "
             "differences of ~1e-3 in P and may carry signal or noise. Longer training "
             "(min_steps) lets some from-scratch trainings leave the plateau; a fine-tuned one "
-            "starts off it."
+            "starts off it. A dead one (no channel of its last convolutional layer fires on its "
+            "validation galaxies: active_feature_channels = 0 in its card) gives every galaxy "
+            "the same P (AUC 0.5: every pair tied) and cannot be revived by more training."
         )
     if "val_threshold_tpr" in t2.columns and np.isfinite(t2["val_threshold_p_threshold"]).any():
         lines += [
