@@ -216,6 +216,10 @@ def test_dead_models_are_counted_apart_from_flat_ones(tmp_path):
     md = (tmp_path / "table2.md").read_text()
     assert "Flat models (P barely varies): Q1 (d) 2 of 2 seeds (1 dead)." in md
     assert "active_feature_channels = 0" in md
+    f = findings(table2(aggregate(per_seed), {"Q1": 100})).iloc[0]
+    assert (f["d_flat_seeds"], f["d_dead_seeds"], f["d_seeds"]) == (2, 1, 2)
+    lines = study._findings_lines(tmp_path / "metrics.json")
+    assert lines[1].endswith("(2 of 2 (d) seeds flat: P barely varies; 1 dead)")
     old = compute_metrics(_synthetic_predictions(), p_threshold=0.5, n_boot=20)
     assert all(r["dead"] is False and r["active_feature_channels"] is None for r in old)
     assert aggregate(old)["n_dead"].sum() == 0

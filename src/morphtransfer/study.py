@@ -1218,7 +1218,8 @@ def _findings_lines(metrics_json: Path) -> list[str]:
             + (f", {f(r['auc_b_minus_d_smallest_n'])} at N={r['n_train_smallest']}"
                if r.get("n_train_smallest") else "")
             + f"; (d) reaches {f(r['d_skill_fraction'], '.0%')} of (b)'s AUC above chance"
-            + (f" ({r['d_flat_seeds']} of {r['d_seeds']} (d) seeds flat: P barely varies)"
+            + (f" ({r['d_flat_seeds']} of {r['d_seeds']} (d) seeds flat: P barely varies"
+               + (f"; {r['d_dead_seeds']} dead" if r.get("d_dead_seeds") else "") + ")"
                if r.get("d_flat_seeds") else "")
         )
     if out:

@@ -218,6 +218,7 @@ def findings(t2: pd.DataFrame, budget: pd.DataFrame | None = None) -> pd.DataFra
         # seeds of (d) at the main N_train whose model stayed flat (P barely varies): FLAT_P_STD
         r["d_flat_seeds"] = int(by["d"]["n_flat"]) if "d" in by else 0
         r["d_seeds"] = int(by["d"]["n_seeds"]) if "d" in by else 0
+        r["d_dead_seeds"] = int(by["d"].get("n_dead", 0)) if "d" in by else 0
         r["d_skill_fraction"] = (
             float((by["d"]["auc"] - 0.5) / (by["b"]["auc"] - 0.5))
             if "b" in by and "d" in by and by["b"]["auc"] > 0.5 else math.nan
