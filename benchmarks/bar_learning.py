@@ -21,7 +21,9 @@ volunteer is involved.
    trains from scratch ((d)) with the preset's ``[recipe.target]``, for ``--seeds``.
 
 Prints one JSON line: AUC against the true bars per model, and of the largest SDSS model by the
-bar's light fraction and length in input pixels (which bars it sees). A diagnostic, not the
+bar's light fraction and length in input pixels (which bars it sees); and, as the floor a CNN
+should beat, ``m2_linear_auc``: bar_signal.py's cross-validated logistic regression on the m = 2
+Fourier features of the served r band, on the first 4,000 face-on disks of each Store. A diagnostic, not the
 study's method (the study trains on volunteer labels).
 
     python benchmarks/bar_learning.py [--n-faceon 13000] [--n-test 1500] [--target-pool 1500]
@@ -166,6 +168,15 @@ def main(argv=None) -> None:
     out = {"seed": a.seed, "n_faceon": len(indices), "bar_fraction": round(float(tests["sdss"]["label"].mean()), 3),
            "n_test": a.n_test, "n_test_bars": int(tests["sdss"]["label"].sum()),
            "source_pool": len(src_rows), "target_pool": len(tgt_rows), **info, "source": [], "target": []}
+    # the floor a CNN should beat: a linear classifier of the served r band's m = 2 features
+    from bar_signal import cv_auc, m2_features  # benchmarks/, beside this script
+
+    out["m2_linear_auc"] = {}
+    for s in SURVEYS:
+        k = min(len(stores[s]), 4000)
+        jr = list(stores[s].bands).index("r")
+        feats = [m2_features(im[jr]) for im in stores[s].read_images(np.arange(k))]
+        out["m2_linear_auc"][s] = cv_auc(feats, stores[s].catalog["true_bar"].to_numpy()[:k].astype(int), a.seed)
     models = work / "models" / a.preset
     biggest = None
     for n in a.source_n:
@@ -182,6 +193,8 @@ def main(argv=None) -> None:
                "train_s": round(time.time() - t1, 1)}
         row["auc_sdss"], row["p_std_sdss"], p = score(folder, stores["sdss"], tests["sdss"])
         row["auc_des_a"], row["p_std_des_a"], _ = score(folder, stores["des"], tests["des"])
+        row["active_feature_channels"] = json.loads((folder / "card.json").read_text()).get(
+            "active_feature_channels")
         log = pd.read_csv(folder / "log" / "metrics.csv") if (folder / "log" / "metrics.csv").exists() else None
         if log is not None and "val_loss" in log:
             row["val_loss_by_epoch"] = [round(float(v), 3) for v in log["val_loss"].dropna()]
@@ -206,7 +219,9 @@ def main(argv=None) -> None:
                                       trainable=trainable, recipe=recipe, out=tf, progress=False)
                     auc, pstd, _ = score(tf, stores["des"], tests["des"])
                     row = {"experiment": name, "n_train": tn, "seed": seed, "auc": auc, "p_std": pstd,
-                           "flat": bool(pstd < FLAT_P_STD), "train_s": round(time.time() - t1, 1)}
+                           "flat": bool(pstd < FLAT_P_STD), "train_s": round(time.time() - t1, 1),
+                           "active_feature_channels": json.loads((tf / "card.json").read_text()).get(
+                               "active_feature_channels")}
                     out["target"].append(row)
                     print(json.dumps(row), flush=True)
         df = pd.DataFrame(out["target"])
