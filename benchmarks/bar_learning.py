@@ -27,7 +27,8 @@ Fourier features of the served r band, on the first 4,000 face-on disks of each 
 study's method (the study trains on volunteer labels).
 
     python benchmarks/bar_learning.py [--n-faceon 13000] [--n-test 1500] [--target-pool 1500]
-        [--source-n 1000 3000 10000] [--target-n 50 300] [--seeds 0 1] [--preset quick]
+        [--source-n 1000 3000 10000] [--source-lr LR] [--target-n 50 300] [--seeds 0 1]
+        [--preset quick] [--target-preset PRESET]
         [--work runs/bar_learning]
 """
 
@@ -142,6 +143,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-inclination", type=float, default=40.0)
     ap.add_argument("--seed", type=int, default=7, help="the simulated population's seed")
     ap.add_argument("--preset", default="quick", help="whose [recipe.source] / [recipe.target]")
+    ap.add_argument("--target-preset", default=None,
+                    help="take [recipe.target] from this preset instead (default: --preset)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default="runs/bar_learning")
     a = ap.parse_args(argv)
@@ -151,6 +154,9 @@ def main(argv=None) -> None:
         cfg["recipe"]["source"]["max_epochs"] = a.source_epochs
     if a.source_lr:
         cfg["recipe"]["source"]["learning_rate"] = a.source_lr
+    if a.target_preset:
+        cfg["recipe"]["target"] = study.load_config(a.target_preset)["recipe"]["target"]
+    tprefix = f"t{a.target_preset}_" if a.target_preset else ""
 
     t0 = time.time()
     indices = face_on_disks(a.seed, a.n_faceon, a.max_inclination)
@@ -213,7 +219,7 @@ def main(argv=None) -> None:
                 fit = balanced(tgt_rows, tn, seed)
                 for name, init, trainable in (("b", folder, "all"), ("c", folder, "head"), ("d", None, "all")):
                     recipe = study.make_recipe(cfg, "target", tn, seed, "Q3", fine_tune=init is not None)
-                    tf = models / f"{name}_from{n}_n{tn}_s{seed}"
+                    tf = models / f"{tprefix}{name}_from{folder.name}_n{tn}_s{seed}"
                     t1 = time.time()
                     train.train_model(stores["des"], "Q3", rows=fit, label_column="label", init=init,
                                       trainable=trainable, recipe=recipe, out=tf, progress=False)
