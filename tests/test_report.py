@@ -292,6 +292,15 @@ def test_end_to_end_study_with_the_real_engine(tmp_path):
             bv = metrics.binary_metrics(g["label"].to_numpy(), g["p"].to_numpy(), p_threshold=thr)
             assert row["val_threshold"]["tpr"] == bv["tpr"] and row["val_threshold"]["p_threshold"] == thr
     assert np.isfinite(preds["p_threshold_val"]).any()
+    # each model's count of firing feature channels (its card's), and the dead flag from it
+    for task in ("Q1", "Q2", "Q3"):
+        n = cfg["target"]["n_train"][task]
+        card = json.loads((out / "models" / task / f"d_n{n}_s0" / "card.json").read_text())
+        assert 0 <= card["active_feature_channels"] <= 128
+        sel = (preds["task"] == task) & (preds["experiment"] == "d")
+        assert (preds.loc[sel, "active_feature_channels"] == card["active_feature_channels"]).all()
+    for row in doc["per_seed"]:
+        assert row["dead"] == (row["active_feature_channels"] == 0)
     # (0) and (a) share the source model's threshold
     q1 = preds[preds["task"] == "Q1"]
     assert q1[q1["experiment"] == "0"]["p_threshold_val"].iloc[0] == q1[q1["experiment"] == "a"]["p_threshold_val"].iloc[0]
