@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,6 +150,15 @@ def test_level_0t_the_same_galaxies_through_the_source_survey():
     assert math.isnan(findings(table2(agg0, {"Q1": 100})).iloc[0]["auc_b_minus_0t"])
 
 
+def _report_at_n100(preds: pd.DataFrame, run: Path) -> str:
+    """Write the report of these predictions (main DES N_train 100) into run; its table2.md."""
+    preds.to_parquet(run / "predictions.parquet", index=False)
+    cfg = tiny_config()
+    cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
+    write_report(run, cfg=cfg)
+    return (run / "table2.md").read_text()
+
+
 def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     """A model whose P barely varies (stuck on the ln 2 plateau) is flagged, not taken at face value."""
     preds = _synthetic_predictions()
@@ -167,11 +177,7 @@ def test_flat_models_are_counted_and_named_in_table2(tmp_path):
     assert t2.set_index("experiment")["n_flat"].to_dict() == {"0": 0, "a": 0, "b": 0, "c": 0, "d": 1}
     f = findings(t2, label_budget(agg)).iloc[0]
     assert (f["d_flat_seeds"], f["d_seeds"]) == (1, 2)
-    preds.to_parquet(tmp_path / "predictions.parquet", index=False)
-    cfg = tiny_config()
-    cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
-    write_report(tmp_path, cfg=cfg)
-    md = (tmp_path / "table2.md").read_text()
+    md = _report_at_n100(preds, tmp_path)
     assert "Flat models (P barely varies): Q1 (d) 1 of 2 seeds." in md
     lb = pd.read_csv(tmp_path / "figures" / "label_budget.csv").set_index(["experiment", "n_train_target"])
     assert lb.loc[("d", 100), "n_flat"] == 1 and lb["n_flat"].sum() == 1
@@ -209,11 +215,7 @@ def test_dead_models_are_counted_apart_from_flat_ones(tmp_path):
     t2 = table2(aggregate(per_seed), {"Q1": 100}).set_index("experiment")
     assert (t2.loc["d", "n_flat"], t2.loc["d", "n_dead"]) == (2, 1)
     assert t2["n_dead"].sum() == 1
-    preds.to_parquet(tmp_path / "predictions.parquet", index=False)
-    cfg = tiny_config()
-    cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
-    write_report(tmp_path, cfg=cfg)
-    md = (tmp_path / "table2.md").read_text()
+    md = _report_at_n100(preds, tmp_path)
     assert "Flat models (P barely varies): Q1 (d) 2 of 2 seeds (1 dead)." in md
     assert "active_feature_channels = 0" in md
     f = findings(table2(aggregate(per_seed), {"Q1": 100})).iloc[0]
