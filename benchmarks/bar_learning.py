@@ -15,7 +15,8 @@ volunteer is involved.
 3. Trains the SDSS model on the true bar flags of ``--source-n`` galaxies each (class-balanced
    sampling, the preset's ``[recipe.source]`` for Q3, ``--source-epochs`` to override its length)
    and scores it against the truth on the SDSS test galaxies and, unchanged, on their DES images
-   ((a)).
+   ((a)). ``--source-labels volunteers`` trains it on the SDSS volunteers' robust bar labels
+   instead (scored against the truth all the same).
 4. From the largest SDSS model, on ``--target-n`` DES galaxies with true labels (half barred, as
    the presets' balanced bar sample), fine-tunes all layers ((b)), the dense part only ((c)) and
    trains from scratch ((d)) with the preset's ``[recipe.target]``, for ``--seeds``.
@@ -27,7 +28,8 @@ Fourier features of the served r band, on the first 4,000 face-on disks of each 
 study's method (the study trains on volunteer labels).
 
     python benchmarks/bar_learning.py [--n-faceon 13000] [--n-test 1500] [--target-pool 1500]
-        [--source-n 1000 3000 10000] [--source-lr LR] [--target-n 50 300] [--seeds 0 1]
+        [--source-n 1000 3000 10000] [--source-lr LR] [--source-labels truth|volunteers]
+        [--target-n 50 300] [--seeds 0 1]
         [--preset quick] [--target-preset PRESET]
         [--work runs/bar_learning]
 """
@@ -138,6 +140,10 @@ def main(argv=None) -> None:
     ap.add_argument("--source-epochs", type=int, default=None)
     ap.add_argument("--source-lr", type=float, default=None,
                     help="learning rate of the SDSS models (default: the preset's)")
+    ap.add_argument("--source-labels", choices=("truth", "volunteers"), default="truth",
+                    help="train the SDSS models on the true bar flags or on the SDSS volunteers' "
+                    "robust Q3 labels (the preset's [labels]; galaxies without one left out); "
+                    "every model is still scored against the truth")
     ap.add_argument("--target-n", nargs="+", type=int, default=[50, 300])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--max-inclination", type=float, default=40.0)
@@ -168,6 +174,9 @@ def main(argv=None) -> None:
     tgt_pool, src_pool = pool_ids[: a.target_pool], pool_ids[a.target_pool:]
     tests = {s: truth_rows(stores[s], test_ids) for s in SURVEYS}
     src_rows = truth_rows(stores["sdss"], src_pool)
+    if a.source_labels == "volunteers":
+        vol = study.task_labels(src_rows, "Q3", cfg["labels"]).to_numpy()
+        src_rows = src_rows.assign(label=vol)[vol >= 0].reset_index(drop=True)
     tgt_rows = truth_rows(stores["des"], tgt_pool)
     for r in (*tests.values(), src_rows, tgt_rows):
         r["bar_length_px"] = r["true_bar_length_arcsec"] / (CUTOUT_R90 * r["r90_arcsec"]) * IMAGE_SIZE
@@ -191,11 +200,13 @@ def main(argv=None) -> None:
             continue
         fit = src_rows.iloc[np.sort(np.random.default_rng([a.seed, 3]).choice(len(src_rows), n, replace=False))]
         recipe = study.make_recipe(cfg, "source", n, 0, "Q3")
-        folder = models / f"source_n{n}_e{recipe.max_epochs}_lr{recipe.learning_rate:g}"
+        folder = models / (f"source_n{n}_e{recipe.max_epochs}_lr{recipe.learning_rate:g}"
+                           + ("_volunteers" if a.source_labels == "volunteers" else ""))
         t1 = time.time()
         train.train_model(stores["sdss"], "Q3", rows=fit.reset_index(drop=True), label_column="label",
                           recipe=recipe, out=folder, progress=False)
-        row = {"n_train": n, "n_bars": int(fit["label"].sum()), "epochs_max": recipe.max_epochs,
+        row = {"n_train": n, "labels": a.source_labels, "n_bars": int(fit["label"].sum()),
+               "n_true_bars": int(fit["true_bar"].sum()), "epochs_max": recipe.max_epochs,
                "train_s": round(time.time() - t1, 1)}
         row["auc_sdss"], row["p_std_sdss"], p = score(folder, stores["sdss"], tests["sdss"])
         row["auc_des_a"], row["p_std_des_a"], _ = score(folder, stores["des"], tests["des"])
