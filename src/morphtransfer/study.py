@@ -1403,9 +1403,10 @@ def collect_predictions(paths: StudyPaths, experiments: list[Experiment]) -> pd.
     """Every finished experiment's test predictions, with the model's validation threshold.
 
     ``p_threshold_val``: the threshold the engine chose on the model's own validation galaxies
-    (Youden's J; in the model card). ``active_feature_channels``: the card's count of firing
-    feature channels (0: a dead network; NaN for models trained before it was kept). The study notes that P_th = 0.5 is not optimal for a model
+    (Youden's J; in the model card). The study notes that P_th = 0.5 is not optimal for a model
     applied to another survey; (0) and (a) share the source model's, chosen on source data.
+    ``active_feature_channels``: the card's count of firing feature channels (0: a dead network;
+    NaN for models trained before it was kept).
     """
     frames = []
     for exp in experiments:

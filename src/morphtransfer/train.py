@@ -832,8 +832,9 @@ def train_model(
         warnings.warn(
             f"the network trained into {out} is dead: no channel of its last convolutional layer "
             f"fires on its {'validation' if len(val_ds) else 'training'} galaxies, so it gives "
-            "every galaxy the same P; it was trained from scratch on a signal it did not find "
-            "(more galaxies, a lower learning_rate or a fine-tune from a trained model help)",
+            "every galaxy the same P: it shut its features down before finding the signal in its "
+            "labels (more galaxies, a lower learning_rate, or for a from-scratch training a "
+            "fine-tune from a trained model, help)",
             stacklevel=2)
     pd.DataFrame({"id": rows["id"].astype(str), "label": y_all, "role": roles, "p": p_val}).to_csv(
         out / TRAINING_IDS_FILE, index=False
