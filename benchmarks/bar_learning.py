@@ -7,9 +7,9 @@ first from the second: it trains DS18 on the simulator's *true* bar flags of fac
 volunteer is involved.
 
 1. Draws galaxies of the simulated population (seed ``--seed``) and keeps the face-on disks of
-   the main sample (disk, inclination below ``--max-inclination``, r <= 17.77), renders them as
-   the simulator does (the same random streams: these are the images a simulated Store with this
-   seed would hold) in SDSS and DES, into two Stores under ``--work`` (kept and resumed).
+   the main sample (disk, inclination below ``--max-inclination``, r <= 17.77), and simulates
+   them alone (``simulate(indices=...)``: the very images and votes a full simulation with this
+   seed holds) in SDSS and DES, into two Stores under ``--work`` (kept and resumed).
 2. Holds out ``--n-test`` of them (random) as the test set of both surveys, and
    ``--target-pool`` more as the DES training pool; the rest is the SDSS training pool.
 3. Trains the SDSS model on the true bar flags of ``--source-n`` galaxies each (class-balanced
@@ -38,24 +38,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from morphtransfer import study, train
-from morphtransfer.data.store import IMAGE_SIZE, StoreWriter, open_store
+from morphtransfer.data.store import IMAGE_SIZE, open_store
 from morphtransfer.metrics import roc_auc
 from morphtransfer.report.tables import FLAT_P_STD
-from morphtransfer.simulate.pipeline import _render_batch, _worker_init
+from morphtransfer.simulate import simulate
 from morphtransfer.simulate.population import MAG_MAIN_SAMPLE_LIMIT, draw_galaxy, galaxy_id
-from morphtransfer.simulate.render import CUTOUT_R90, MAX_STAMP_PIXELS
-from morphtransfer.simulate.volunteers import VolunteerModel
-from morphtransfer.surveys import get_survey
-from morphtransfer.tasks import add_fractions
+from morphtransfer.simulate.render import CUTOUT_R90
 
 SURVEYS = ("sdss", "des")
 
@@ -71,38 +66,10 @@ def face_on_disks(seed: int, n: int, max_incl: float) -> list[int]:
     return out
 
 
-def render(seed: int, indices: list[int], work: Path, workers: int, batch: int = 32) -> dict:
-    """SDSS and DES Stores of these galaxies under ``work``; resumes what is already there."""
-    writers = {s: StoreWriter(work / s, survey=s, bands=list(get_survey(s).band_names),
-                              image_size=IMAGE_SIZE,
-                              extra_meta={"bar_learning": {"seed": seed, "n": len(indices)}})
-               for s in SURVEYS}
-    done = set.intersection(*(w.existing_ids for w in writers.values()))
-    todo = [i for i in indices if galaxy_id(i) not in done]
-    jobs = [(seed, todo[k:k + batch], [SURVEYS] * len(todo[k:k + batch]),
-             VolunteerModel().as_dict(), MAX_STAMP_PIXELS) for k in range(0, len(todo), batch)]
-    t0 = time.time()
-    ctx = mp.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-        for k, res in enumerate(pool.map(_render_batch, jobs)):
-            for s, (rows, imgs) in res.items():
-                have = writers[s].existing_ids
-                keep = [j for j, r in enumerate(rows) if r["id"] not in have]
-                if keep:
-                    writers[s].append(add_fractions(pd.DataFrame([rows[j] for j in keep])), imgs[keep])
-            if k % 20 == 0:
-                print(f"rendered {min((k + 1) * batch, len(todo))} / {len(todo)} "
-                      f"in {time.time() - t0:.0f} s", flush=True)
-    return {"rendered": len(todo), "render_s": round(time.time() - t0, 1)}
-
-
 def truth_rows(store, ids) -> pd.DataFrame:
-    cat = store.catalog
-    pos = pd.Index(cat["id"].astype(str)).get_indexer(pd.Index(ids).astype(str))
-    assert (pos >= 0).all(), "a galaxy of the split is missing from the Store"
-    out = cat.iloc[pos].reset_index(drop=True).copy()
-    out["label"] = out["true_bar"].astype("int64")
-    return out
+    """The Store's catalogue rows of ``ids``, in that order, labelled with their true bar flag."""
+    rows = study._labelled(store, pd.DataFrame({"id": ids, "label": 0}))
+    return rows.assign(label=rows["true_bar"].astype("int64"))
 
 
 def score(model, store, rows) -> tuple[float, float, np.ndarray]:
@@ -120,14 +87,6 @@ def by_bin(rows: pd.DataFrame, p: np.ndarray, column: str, edges) -> dict:
             out[f"{lo:g}-{hi:g}"] = {"n_bars": int((y[m] == 1).sum()),
                                      "auc": round(float(roc_auc(y[m], p[m])), 3)}
     return out
-
-
-def balanced(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng([seed, 2019])
-    pos, neg = np.nonzero(rows["label"].to_numpy() == 1)[0], np.nonzero(rows["label"].to_numpy() == 0)[0]
-    k = min(n // 2, pos.size)
-    pick = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, n - k, replace=False)])
-    return rows.iloc[np.sort(pick)].reset_index(drop=True)
 
 
 def main(argv=None) -> None:
@@ -166,7 +125,10 @@ def main(argv=None) -> None:
 
     t0 = time.time()
     indices = face_on_disks(a.seed, a.n_faceon, a.max_inclination)
-    info = render(a.seed, indices, work / "data", a.workers)
+    t1 = time.time()
+    simulate(None, seed=a.seed, out=work / "data", workers=a.workers, surveys=SURVEYS,
+             report=False, indices=indices)
+    info = {"render_s": round(time.time() - t1, 1)}
     stores = {s: open_store(work / "data" / s) for s in SURVEYS}
     ids = np.asarray([galaxy_id(i) for i in indices])
     perm = np.random.default_rng([a.seed, 1]).permutation(ids.size)
@@ -178,6 +140,7 @@ def main(argv=None) -> None:
         vol = study.task_labels(src_rows, "Q3", cfg["labels"]).to_numpy()
         src_rows = src_rows.assign(label=vol)[vol >= 0].reset_index(drop=True)
     tgt_rows = truth_rows(stores["des"], tgt_pool)
+    pool = tgt_rows.assign(task="Q3", role="target_pool", order=np.arange(len(tgt_rows)))
     for r in (*tests.values(), src_rows, tgt_rows):
         r["bar_length_px"] = r["true_bar_length_arcsec"] / (CUTOUT_R90 * r["r90_arcsec"]) * IMAGE_SIZE
     out = {"seed": a.seed, "n_faceon": len(indices), "bar_fraction": round(float(tests["sdss"]["label"].mean()), 3),
@@ -227,7 +190,8 @@ def main(argv=None) -> None:
         }
         for tn in a.target_n:
             for seed in a.seeds:
-                fit = balanced(tgt_rows, tn, seed)
+                # the presets' balanced bar sample: half barred, nested over N for one seed
+                fit = study.target_train(pool, "Q3", tn, seed, a.seed, "balanced")
                 for name, init, trainable in (("b", folder, "all"), ("c", folder, "head"), ("d", None, "all")):
                     recipe = study.make_recipe(cfg, "target", tn, seed, "Q3", fine_tune=init is not None)
                     tf = models / f"{tprefix}{name}_from{folder.name}_n{tn}_s{seed}"

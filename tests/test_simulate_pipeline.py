@@ -91,6 +91,26 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
         simulate(40, seed=9, out=out, workers=0, progress=False, report=False)
 
 
+def test_indices_render_those_galaxies_of_the_population(tmp_path):
+    """simulate(indices=...) holds, in that order, the very galaxies of a full simulation."""
+    full = simulate(16, seed=5, out=tmp_path / "full", workers=0, progress=False, report=False)
+    sub = simulate(None, seed=5, out=tmp_path / "sub", workers=0, progress=False, report=False,
+                   indices=[11, 3, 7])
+    assert sub.n == 3
+    for s in ("sdss", "des"):
+        a, b = Store(full.stores[s]), Store(sub.stores[s])
+        assert list(b.catalog["id"]) == ["sim-000000011", "sim-000000003", "sim-000000007"]
+        pd.testing.assert_frame_equal(
+            b.catalog.drop(columns="image_index"),
+            a.catalog.iloc[[11, 3, 7]].drop(columns="image_index").reset_index(drop=True))
+        assert np.array_equal(b.read_images(range(3)), a.read_images([11, 3, 7]))
+    for bad in ([], [2, 2], [-1]):
+        with pytest.raises(InputError, match="indices"):
+            simulate(None, out=tmp_path / "x", workers=0, progress=False, indices=bad)
+    with pytest.raises(InputError, match="pass n=None"):
+        simulate(4, out=tmp_path / "x", workers=0, progress=False, indices=[1, 2])
+
+
 def test_bad_arguments_raise_input_error(tmp_path):
     for n in (0, -5):
         with pytest.raises(InputError, match="--n"):

@@ -165,8 +165,8 @@ def _noop() -> None:
     return None
 
 
-def _run(pool, out, meta, n, survey_objs, seed, model, max_pixels, batch_size, commit_every,
-         progress):
+def _run(pool, out, meta, indices, survey_objs, seed, model, max_pixels, batch_size,
+         commit_every, progress):
     """Open (or resume) the Stores, render what is missing, commit in galaxy order."""
     names = tuple(sv.name for sv in survey_objs)
     if pool is not None:
@@ -179,11 +179,11 @@ def _run(pool, out, meta, n, survey_objs, seed, model, max_pixels, batch_size, c
         _check_existing(path, meta)
         writers[sv.name] = StoreWriter(
             path, survey=sv.name, bands=list(sv.band_names), image_size=IMAGE_SIZE,
-            extra_meta={"simulation": {**meta, "n_requested": n}},
+            extra_meta={"simulation": {**meta, "n_requested": len(indices)}},
         )
     done = {s: w.existing_ids for s, w in writers.items()}
     todo: list[tuple[int, tuple[str, ...]]] = []
-    for i in range(n):
+    for i in indices:
         gid = galaxy_id(i)
         need = tuple(s for s in names if gid not in done[s])
         if need:
@@ -240,7 +240,7 @@ def _run(pool, out, meta, n, survey_objs, seed, model, max_pixels, batch_size, c
         unit="galaxies",
     )
     with prog:
-        task = prog.add_task("simulate", total=n, completed=n - len(todo))
+        task = prog.add_task("simulate", total=len(indices), completed=len(indices) - len(todo))
         try:
             if pool is None:
                 with _limit_threads():
@@ -269,7 +269,7 @@ def _run(pool, out, meta, n, survey_objs, seed, model, max_pixels, batch_size, c
 
 
 def simulate(
-    n: int,
+    n: int | None,
     seed: int = 0,
     out: str | os.PathLike = "data/mock",
     workers: int = 2,
@@ -281,8 +281,13 @@ def simulate(
     progress: bool = True,
     report: bool = True,
     gz2_table: str | os.PathLike | None = None,
+    indices: list[int] | None = None,
 ) -> SimulationResult:
     """Simulate ``n`` galaxies seen by each survey, into ``out/<survey>`` Stores.
+
+    indices: the population indices to render instead of 0..n-1 (n None or len(indices)): a
+    sub-sample of the population, e.g. only its face-on disks (``draw_galaxy`` is cheap, the
+    rendering is not). Each galaxy is the one a full simulation with this seed would hold.
 
     Streaming: batches of ``batch_size`` galaxies are rendered by ``workers`` processes (0 or 1:
     in this process), committed every ``commit_every`` galaxies, so memory does not grow with n.
@@ -291,6 +296,13 @@ def simulate(
     writes ``out/gallery.png``, ``out/summary.json`` and the comparison with GZ2
     (``out/vote_comparison.{json,png}``) - see simulate/summary.py.
     """
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        if not indices or min(indices) < 0 or len(set(indices)) != len(indices):
+            raise InputError("indices must be distinct population indices >= 0, at least one")
+        if n is not None and n != len(indices):
+            raise InputError(f"n={n!r} but {len(indices)} indices; pass n=None with indices")
+        n = len(indices)
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
         raise InputError(f"--n must be a positive number of galaxies, got {n!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -320,7 +332,8 @@ def simulate(
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
     try:
-        n_rendered, t0 = _run(pool, out, meta, int(n), survey_objs, int(seed), model,
+        order = indices if indices is not None else range(int(n))
+        n_rendered, t0 = _run(pool, out, meta, order, survey_objs, int(seed), model,
                               int(max_pixels), batch_size, commit_every, progress)
     except BaseException:
         if pool is not None:  # interrupted or failed: drop queued batches, do not wait
