@@ -341,6 +341,24 @@ def test_fine_tunes_get_their_own_learning_rate_and_scratch_keeps_the_base_one(p
     assert lrs == [1e-4, 1e-3, 3e-4]
 
 
+def test_any_recipe_field_may_be_given_per_task(monkeypatch):
+    monkeypatch.setattr(study, "_engine", lambda: FakeEngine())
+    cfg = tiny_config()
+    cfg["recipe"]["source"] = {"learning_rate": {"Q1": 1e-3, "Q3": 1e-4}, "batch_size": {"Q3": 16},
+                               "max_epochs": 3}
+    recipes = [study.make_recipe(cfg, "source", 3000, 0, t) for t in ("Q1", "Q2", "Q3")]
+    assert [r.get("learning_rate") for r in recipes] == [1e-3, None, 1e-4]  # Q2: the engine's default
+    assert [r.get("batch_size") for r in recipes] == [None, None, 16]
+    # a per-task batch size sets the steps per epoch that min_steps counts (270 / 16 -> 17)
+    cfg["recipe"]["target"] = {"max_epochs": 1, "min_steps": 170, "batch_size": {"Q3": 16},
+                               "learning_rate": {"Q3": 2e-4}, "fine_tune_learning_rate": {"Q1": 1e-5}}
+    assert study.make_recipe(cfg, "target", 300, 0, "Q3")["max_epochs"] == 10
+    assert study.make_recipe(cfg, "target", 300, 0, "Q1")["max_epochs"] == 19  # the default 30: 9 steps
+    # fine-tunes: fine_tune_learning_rate where it names the task, else the task's learning_rate
+    assert study.make_recipe(cfg, "target", 300, 0, "Q1", fine_tune=True)["learning_rate"] == 1e-5
+    assert study.make_recipe(cfg, "target", 300, 0, "Q3", fine_tune=True)["learning_rate"] == 2e-4
+
+
 def test_config_round_trips_through_toml():
     import tomllib
 

@@ -664,11 +664,19 @@ def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_
     ``fine_tune_learning_rate`` (target only): the learning rate of trainings that start from a
     trained model (b, c; ``fine_tune=True``); from-scratch (d) keeps ``learning_rate``. One value,
     or a table per task (``{ Q1 = 1e-4, Q3 = 1e-3 }``).
+    Any other field may be a table per task too (``learning_rate = { Q1 = 1e-3, Q3 = 1e-4 }``);
+    a task it does not name takes the engine's default (train.Recipe).
     """
     train = _engine()
     section = dict(cfg["recipe"].get(which, {}))
     min_steps = int(section.pop("min_steps", 0))
     ft_lr = _for_task(section.pop("fine_tune_learning_rate", None), task)  # unnamed: learning_rate
+    for key, value in list(section.items()):
+        if key != "max_epochs" and isinstance(value, dict) and value and all(k in TASKS for k in value):
+            if task in value:
+                section[key] = value[task]
+            else:
+                del section[key]
     if fine_tune and ft_lr is not None:
         section["learning_rate"] = float(ft_lr)
     section["max_epochs"] = _epochs(cfg, which, n_train, task)
@@ -844,7 +852,8 @@ def _epochs(cfg: dict, which: str, n_train: int, task: str) -> int:
     epochs = int(_for_task(r.get("max_epochs", 50), task, 50))
     min_steps = int(r.get("min_steps", 0))
     if min_steps and n_train:
-        steps = max(1, math.ceil(n_train * (1 - float(r.get("val_fraction", 0.1))) / int(r.get("batch_size", 30))))
+        val = float(_for_task(r.get("val_fraction", 0.1), task, 0.1))
+        steps = max(1, math.ceil(n_train * (1 - val) / int(_for_task(r.get("batch_size", 30), task, 30))))
         epochs = max(epochs, math.ceil(min_steps / steps))
     return epochs
 
