@@ -150,6 +150,12 @@ def test_prerequisite_fraction_reaches_the_splits(pair):
         n_off = int((study.task_labels(cat, "Q3", {**cfg["labels"], "prerequisite_fraction": 0}) >= 0).sum())
         n_on = int((study.task_labels(cat, "Q3", cfg["labels"]) >= 0).sum())
         assert n_off - n_on >= n_ell  # every elliptical (30% featured) is dropped
+        # per task: the bar question on its path, the edge-on question not
+        per_task = {**cfg["labels"], "prerequisite_fraction": {"Q3": 0.5}}
+        assert (study.task_labels(cat, "Q3", per_task) == study.task_labels(cat, "Q3", cfg["labels"])).all()
+        assert (study.task_labels(cat, "Q2", per_task)
+                == study.task_labels(cat, "Q2", {**cfg["labels"], "prerequisite_fraction": 0})).all()
+        assert (study.task_labels(cat, "Q2", per_task) >= 0).sum() > (study.task_labels(cat, "Q2", cfg["labels"]) >= 0).sum()
 
 
 def _pool(n=200, n_pos=20, task="Q3"):

@@ -318,14 +318,15 @@ def prepare_catalog(catalog: pd.DataFrame) -> pd.DataFrame:
 
 
 def task_labels(catalog: pd.DataFrame, task: str, label_cfg: dict) -> pd.Series:
-    """Robust labels 1/0/-1 of one task (raises InputError when the votes are missing)."""
+    """Robust labels 1/0/-1 of one task (raises InputError when the votes are missing). Each
+    ``[labels]`` setting is one value or a table per task (a task not named: the default)."""
     return robust_labels(
         catalog,
         task,
-        rule=label_cfg.get("rule", "fraction"),
-        p_threshold=float(label_cfg.get("p_threshold", 0.7)),
-        min_votes=int(label_cfg.get("min_votes", 5)),
-        prerequisite_fraction=float(label_cfg.get("prerequisite_fraction", 0.0)),
+        rule=_for_task(label_cfg.get("rule", "fraction"), task, "fraction"),
+        p_threshold=float(_for_task(label_cfg.get("p_threshold", 0.7), task, 0.7)),
+        min_votes=int(_for_task(label_cfg.get("min_votes", 5), task, 5)),
+        prerequisite_fraction=float(_for_task(label_cfg.get("prerequisite_fraction", 0.0), task, 0.0)),
     )
 
 
