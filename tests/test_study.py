@@ -363,6 +363,8 @@ def test_any_recipe_field_may_be_given_per_task(monkeypatch):
     # fine-tunes: fine_tune_learning_rate where it names the task, else the task's learning_rate
     assert study.make_recipe(cfg, "target", 300, 0, "Q1", fine_tune=True)["learning_rate"] == 1e-5
     assert study.make_recipe(cfg, "target", 300, 0, "Q3", fine_tune=True)["learning_rate"] == 2e-4
+    cfg["recipe"]["target"]["min_steps"] = {"Q3": 170}  # min_steps too: Q1 then has none
+    assert [study.make_recipe(cfg, "target", 300, 0, t)["max_epochs"] for t in ("Q1", "Q3")] == [1, 10]
 
 
 def test_config_round_trips_through_toml():

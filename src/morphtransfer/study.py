@@ -670,7 +670,7 @@ def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_
     """
     train = _engine()
     section = dict(cfg["recipe"].get(which, {}))
-    min_steps = int(section.pop("min_steps", 0))
+    min_steps = int(_for_task(section.pop("min_steps", 0), task, 0))
     ft_lr = _for_task(section.pop("fine_tune_learning_rate", None), task)  # unnamed: learning_rate
     for key, value in list(section.items()):
         if key != "max_epochs" and isinstance(value, dict) and value and all(k in TASKS for k in value):
@@ -851,7 +851,7 @@ def _epochs(cfg: dict, which: str, n_train: int, task: str) -> int:
     taking 50), raised so that small samples get ``min_steps`` optimiser steps."""
     r = cfg["recipe"].get(which, {})
     epochs = int(_for_task(r.get("max_epochs", 50), task, 50))
-    min_steps = int(r.get("min_steps", 0))
+    min_steps = int(_for_task(r.get("min_steps", 0), task, 0))
     if min_steps and n_train:
         val = float(_for_task(r.get("val_fraction", 0.1), task, 0.1))
         steps = max(1, math.ceil(n_train * (1 - val) / int(_for_task(r.get("batch_size", 30), task, 30))))
