@@ -116,6 +116,14 @@ def _for_task(value, task: str, default=None):
     return value.get(task, default) if isinstance(value, dict) else value
 
 
+def _section_for_task(section: dict, task: str) -> dict:
+    """A configuration section ([labels], [recipe.source], ...) as one task sees it: each table per
+    task replaced by the task's value; a key whose table does not name the task is left out, so
+    its default applies."""
+    return {k: v[task] if isinstance(v, dict) else v for k, v in section.items()
+            if not isinstance(v, dict) or task in v}
+
+
 def _per_task(value, task: str, what: str) -> int:
     if isinstance(value, dict):
         if task not in value:
@@ -320,13 +328,14 @@ def prepare_catalog(catalog: pd.DataFrame) -> pd.DataFrame:
 def task_labels(catalog: pd.DataFrame, task: str, label_cfg: dict) -> pd.Series:
     """Robust labels 1/0/-1 of one task (raises InputError when the votes are missing). Each
     ``[labels]`` setting is one value or a table per task (a task not named: the default)."""
+    label_cfg = _section_for_task(label_cfg, task)
     return robust_labels(
         catalog,
         task,
-        rule=_for_task(label_cfg.get("rule", "fraction"), task, "fraction"),
-        p_threshold=float(_for_task(label_cfg.get("p_threshold", 0.7), task, 0.7)),
-        min_votes=int(_for_task(label_cfg.get("min_votes", 5), task, 5)),
-        prerequisite_fraction=float(_for_task(label_cfg.get("prerequisite_fraction", 0.0), task, 0.0)),
+        rule=label_cfg.get("rule", "fraction"),
+        p_threshold=float(label_cfg.get("p_threshold", 0.7)),
+        min_votes=int(label_cfg.get("min_votes", 5)),
+        prerequisite_fraction=float(label_cfg.get("prerequisite_fraction", 0.0)),
     )
 
 
@@ -669,15 +678,9 @@ def make_recipe(cfg: dict, which: str, n_train: int, seed: int, task: str, fine_
     a task it does not name takes the engine's default (train.Recipe).
     """
     train = _engine()
-    section = dict(cfg["recipe"].get(which, {}))
-    min_steps = int(_for_task(section.pop("min_steps", 0), task, 0))
-    ft_lr = _for_task(section.pop("fine_tune_learning_rate", None), task)  # unnamed: learning_rate
-    for key, value in list(section.items()):
-        if key != "max_epochs" and isinstance(value, dict) and value and all(k in TASKS for k in value):
-            if task in value:
-                section[key] = value[task]
-            else:
-                del section[key]
+    section = _section_for_task(cfg["recipe"].get(which, {}), task)
+    min_steps = int(section.pop("min_steps", 0))
+    ft_lr = section.pop("fine_tune_learning_rate", None)  # task not named: learning_rate
     if fine_tune and ft_lr is not None:
         section["learning_rate"] = float(ft_lr)
     section["max_epochs"] = _epochs(cfg, which, n_train, task)
@@ -849,12 +852,11 @@ REPORT_S = 20.0
 def _epochs(cfg: dict, which: str, n_train: int, task: str) -> int:
     """Epochs of one training: ``max_epochs`` (one value, or a table per task, a task not named
     taking 50), raised so that small samples get ``min_steps`` optimiser steps."""
-    r = cfg["recipe"].get(which, {})
-    epochs = int(_for_task(r.get("max_epochs", 50), task, 50))
-    min_steps = int(_for_task(r.get("min_steps", 0), task, 0))
+    r = _section_for_task(cfg["recipe"].get(which, {}), task)
+    epochs = int(r.get("max_epochs", 50))
+    min_steps = int(r.get("min_steps", 0))
     if min_steps and n_train:
-        val = float(_for_task(r.get("val_fraction", 0.1), task, 0.1))
-        steps = max(1, math.ceil(n_train * (1 - val) / int(_for_task(r.get("batch_size", 30), task, 30))))
+        steps = max(1, math.ceil(n_train * (1 - float(r.get("val_fraction", 0.1))) / int(r.get("batch_size", 30))))
         epochs = max(epochs, math.ceil(min_steps / steps))
     return epochs
 
