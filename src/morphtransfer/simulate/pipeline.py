@@ -112,6 +112,41 @@ def volunteer_counts(obs, survey, seed: int, index: int, model: VolunteerModel) 
     return draw_votes(probs, n_votes, model, vrng)
 
 
+VISIBILITY_COLUMNS = ("vis_arms", "vis_bar", "vis_axis_ratio")
+
+
+def revote(catalog: pd.DataFrame, survey: str, seed: int, model: VolunteerModel) -> pd.DataFrame:
+    """A simulated ``survey`` catalogue (simulation ``seed``) with every galaxy's votes drawn
+    again by ``model``, from the visibilities the catalogue holds: no image is rendered. Each
+    galaxy's votes come from its own volunteer stream, so the simulation's own volunteers give
+    back its stored counts, and a change of the bar question (drawn last) leaves Q1 and Q2 as they
+    are. Used to calibrate the volunteers (``benchmarks/volunteer_calibration.py``)."""
+    missing = [c for c in ("id", *VISIBILITY_COLUMNS) if c not in catalog.columns]
+    if missing:
+        raise InputError(
+            f"the {survey} catalogue lacks {missing}: only a simulated Store's catalogue can be "
+            "voted again"
+        )
+    sv = get_survey(survey)
+
+    class _Seen:  # what volunteer_counts reads of an observation
+        visibility: dict
+
+    rows = []
+    seen = _Seen()
+    for gid, *vis in catalog[["id", *VISIBILITY_COLUMNS]].itertuples(index=False):
+        head, _, number = str(gid).rpartition("-")
+        if head != "sim" or not number.isdigit():
+            raise InputError(f"galaxy {gid!r} is not a simulated galaxy id (sim-NNNNNNNNN)")
+        seen.visibility = dict(zip(VISIBILITY_COLUMNS, vis))
+        rows.append({k: int(v[0]) for k, v in volunteer_counts(seen, sv, seed, int(number), model).items()})
+    out = catalog.copy()
+    counts = pd.DataFrame(rows, index=catalog.index)
+    for c in counts.columns:
+        out[c] = counts[c]
+    return add_fractions(out)
+
+
 def _render_batch(job):
     seed, indices, needs, vol_params, max_pixels = job
     model = VolunteerModel(**vol_params)
