@@ -149,6 +149,31 @@ def test_label_rates_land_in_plausible_ranges(tmp_path):
     assert des.loc[disks, feat].mean() > sdss.loc[disks, feat].mean() + 0.05
 
 
+def test_revote_gives_back_the_stored_votes_and_changes_only_the_bar_question(tmp_path):
+    """revote(): the simulation's own volunteers reproduce every stored count from the catalogue's
+    visibilities; volunteers who see bars sooner change T03 only, towards "bar"."""
+    import dataclasses
+
+    from morphtransfer.simulate.volunteers import VolunteerModel
+
+    res = simulate(40, seed=5, out=tmp_path / "v", workers=0, progress=False, report=False)
+    counts = [c for c in Store(res.stores["des"]).catalog.columns if c.endswith("_count")]
+    assert len(counts) == 7
+    for s in ("sdss", "des"):
+        cat = Store(res.stores[s]).catalog
+        again = pipeline.revote(cat, s, 5, VolunteerModel())
+        pd.testing.assert_frame_equal(again[counts], cat[counts])
+        keen = pipeline.revote(cat, s, 5, dataclasses.replace(VolunteerModel(), bar_vis50=1.0))
+        same = [c for c in counts if not c.startswith("bar_")]
+        pd.testing.assert_frame_equal(keen[same], cat[same])
+        assert keen["bar_yes_count"].sum() > cat["bar_yes_count"].sum() + 20
+        assert (keen["bar_yes_count"] + keen["bar_no_count"] == cat["disk_edge_on_no_count"]).all()
+    with pytest.raises(InputError, match="not a simulated galaxy id"):
+        pipeline.revote(cat.assign(id="J0001+0002"), "des", 5, VolunteerModel())
+    with pytest.raises(InputError, match="vis_bar"):
+        pipeline.revote(cat.drop(columns="vis_bar"), "des", 5, VolunteerModel())
+
+
 def test_report_files_and_gz2_comparison(tmp_path, shared_data):
     gz2 = shared_data / "gz2_stripe82" / "table5.csv.gz"
     if not gz2.exists():
