@@ -21,6 +21,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import multiprocessing as mp
 import numpy as np
@@ -128,23 +129,15 @@ def revote(catalog: pd.DataFrame, survey: str, seed: int, model: VolunteerModel)
             "voted again"
         )
     sv = get_survey(survey)
-
-    class _Seen:  # what volunteer_counts reads of an observation
-        visibility: dict
-
     rows = []
-    seen = _Seen()
     for gid, *vis in catalog[["id", *VISIBILITY_COLUMNS]].itertuples(index=False):
         head, _, number = str(gid).rpartition("-")
         if head != "sim" or not number.isdigit():
             raise InputError(f"galaxy {gid!r} is not a simulated galaxy id (sim-NNNNNNNNN)")
-        seen.visibility = dict(zip(VISIBILITY_COLUMNS, vis))
+        seen = SimpleNamespace(visibility=dict(zip(VISIBILITY_COLUMNS, vis)))  # as observe() gives
         rows.append({k: int(v[0]) for k, v in volunteer_counts(seen, sv, seed, int(number), model).items()})
-    out = catalog.copy()
     counts = pd.DataFrame(rows, index=catalog.index)
-    for c in counts.columns:
-        out[c] = counts[c]
-    return add_fractions(out)
+    return add_fractions(catalog.assign(**counts))
 
 
 def _render_batch(job):
