@@ -123,16 +123,23 @@ def test_bad_arguments_raise_input_error(tmp_path):
 
 def test_label_rates_land_in_plausible_ranges(tmp_path):
     """300 galaxies: the DES robust-label rates near the study's (1/3 disks of robust Q1, 13%
-    edge-on, 2% barred) within binomial noise (+-3 sigma), SDSS never above DES for the faint
-    features, and robust labels agree with the truth."""
+    edge-on) and the real GZ2 Stripe 82 bars (4.4% robust barred) within binomial noise (+-3
+    sigma), SDSS never above DES for the faint features, and robust labels agree with the truth."""
     res = simulate(300, seed=11, out=tmp_path / "m", workers=2, progress=False, report=False)
     des = Store(res.stores["des"]).catalog
     sdss = Store(res.stores["sdss"]).catalog
     r_des, r_sdss = label_rates(des), label_rates(sdss)
     assert 0.2 < r_des["q1_disk_of_robust"] < 0.5
     assert 0.07 < r_des["q2_edge_on_of_all"] < 0.2
-    assert 0.0 < r_des["q3_bar_of_all"] < 0.06
-    assert r_sdss["q3_bar_of_all"] <= r_des["q3_bar_of_all"]
+    assert 0.01 < r_des["q3_bar_of_all"] < 0.085
+    # of all galaxies the two are level since version 8 (4.6% each at 12,000 galaxies: SDSS's 40+
+    # votes bring more galaxies to 5 bar votes), but the deeper DES shows each true bar better:
+    # its volunteers' bar fraction of the truly barred is higher (0.65 against 0.56 at 12,000)
+    tb = des["true_bar"].to_numpy(dtype=bool) & (des["bar_total_votes"].to_numpy() >= 5)
+    tb &= sdss.set_index("id").loc[des["id"], "bar_total_votes"].to_numpy() >= 5
+    bar_sdss = sdss.set_index("id").loc[des["id"][tb], "bar_yes_fraction"]
+    assert tb.sum() >= 15
+    assert des.loc[tb, "bar_yes_fraction"].mean() > bar_sdss.mean()
     assert r_sdss["q1_disk_of_robust"] < r_des["q1_disk_of_robust"]
     # robust labels mostly mean the true morphology (volunteers see real features)
     # (the rest are the elongated "cigar" smooth galaxies, confusers by design)

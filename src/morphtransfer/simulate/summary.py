@@ -17,7 +17,9 @@ from morphtransfer.tasks import robust_labels
 
 # The study's robust-label rates of its DES sample (Dominguez Sanchez et al. 2019, sect. 2):
 # about one third of the robust Q1 galaxies are disks/featured, ~13% of all galaxies are robust
-# edge-on, ~2% robust barred.
+# edge-on, ~2% robust barred. Since simulator version 8 the volunteers' bars follow the real GZ2
+# Stripe 82 votes instead (4.4% robust barred; simulate/volunteers.py), so that row stands ~2x
+# above the study's.
 STUDY_RATES = {
     "q1_disk_of_robust": 1 / 3,
     "q2_edge_on_of_all": 0.13,
