@@ -530,7 +530,8 @@ def target_sample(cfg: dict, task: str) -> str:
     """How the labelled target sample of ``task`` is drawn: ``[target] sample``.
 
     "random" (default): N galaxies drawn at random from the labelled pool, so the sample holds
-    the population's share of the class (~5% bars: 300 random DES galaxies hold ~15). "balanced":
+    the population's share of the class (~10% bars on the simulated pair: 300 random DES galaxies
+    hold ~30). "balanced":
     half of the N from each class where the pool allows (the rest from the other class) - a
     team that labels candidates of a rare class rather than a random draw. The
     test set is drawn at random either way, so every metric is the population's. One value for
