@@ -21,6 +21,13 @@ The sky-subtracted copy of the DES Store is written once under ``--work``.
 
     python benchmarks/scratch_sky.py --run runs/quick [--tasks Q2 Q3] [--n 50 300] [--seeds 0 1]
                                      [--recipe paper] [--work runs/quick/scratch_sky]
+                                     [--variants d_target b_target] [--max-epochs 40 --min-steps 0
+                                     --patience 10]
+
+``--variants`` trains only those of the five; ``--max-epochs``, ``--min-steps`` and ``--patience``
+override the recipe's budget (``[recipe.target]`` ``max_epochs``, ``min_steps``,
+``early_stopping_patience``) for every training: how much of (b) - (d) is the length of the
+training rather than the number of labels.
 
 A diagnostic, not the study's method: the study trains on the images as each survey serves them.
 """
@@ -69,6 +76,11 @@ def nosky_copy(store_path: Path, out: Path) -> Path:
     return out
 
 
+VARIANTS = {"d_target": ("d", "target"), "d_target_nosky": ("d", "target_nosky"),
+            "d_source": ("d", "source"), "b_target": ("b", "target"),
+            "b_target_nosky": ("b", "target_nosky")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/quick", help="a finished study run on the simulated pair")
@@ -77,6 +89,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--recipe", default=None,
                     help="take [recipe.target] from this preset (quick, paper or a TOML) instead of the run's")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="which trainings to run (default: all five)")
+    ap.add_argument("--max-epochs", type=int, default=None, help="override [recipe.target] max_epochs")
+    ap.add_argument("--min-steps", type=int, default=None, help="override [recipe.target] min_steps")
+    ap.add_argument("--patience", type=int, default=None,
+                    help="override [recipe.target] early_stopping_patience (0: none)")
     ap.add_argument("--work", default=None, help="where the sky-subtracted Store and the models go "
                     "(default: RUN/scratch_sky)")
     args = ap.parse_args()
@@ -85,14 +103,19 @@ def main() -> None:
     cfg = tomllib.loads((run / "config.toml").read_text())
     if args.recipe:
         cfg["recipe"]["target"] = study.load_config(args.recipe)["recipe"]["target"]
+    budget = {k: v for k, v in (("max_epochs", args.max_epochs), ("min_steps", args.min_steps),
+                                ("early_stopping_patience", args.patience)) if v is not None}
+    cfg["recipe"]["target"].update(budget)
+    tag = Path(args.recipe or "run").stem + "".join(f"_{k}{v}" for k, v in budget.items())
     work = Path(args.work) if args.work else run / "scratch_sky"
     work.mkdir(parents=True, exist_ok=True)
     splits = pd.read_parquet(run / "splits.parquet")
     source_name, target_name = study.simulated_pair(cfg)
     stores = {"target": open_store(run / "data" / target_name),
               "source": open_store(run / "data" / source_name)}
-    stores["target_nosky"] = open_store(nosky_copy(run / "data" / target_name,
-                                                   work / f"{target_name}_nosky"))
+    if any(v.endswith("nosky") for v in args.variants):
+        stores["target_nosky"] = open_store(nosky_copy(run / "data" / target_name,
+                                                       work / f"{target_name}_nosky"))
     split_seed = cfg["study"]["split_seed"]
 
     rows_out = []
@@ -102,18 +125,18 @@ def main() -> None:
                 split = {name: study.experiment_rows(study.make_experiment(task, name, n_train=n, seed=seed),
                                                      splits, split_seed, study.target_sample(cfg, task))
                          for name in ("b", "d")}
-                for name, variant in (("d", "target"), ("d", "target_nosky"), ("d", "source"),
-                                      ("b", "target"), ("b", "target_nosky")):
+                for name, variant in (VARIANTS[v] for v in args.variants):
                     own, _, test = split[name]
                     st = stores[variant]
                     fit_rows = study._labelled(st, own)
                     init = run / "models" / task / "source" if name == "b" else None
                     recipe = study.make_recipe(cfg, "target", len(fit_rows), seed, task, fine_tune=init is not None)
-                    out = work / "models" / Path(args.recipe or "run").stem / f"{name}_{variant}_{task}_n{n}_s{seed}"
+                    out = work / "models" / tag / f"{name}_{variant}_{task}_n{n}_s{seed}"
                     t0 = time.time()
                     train.train_model(st, task, rows=fit_rows, label_column="label", init=init,
                                       recipe=recipe, out=out, progress=False)
                     dt = time.time() - t0
+                    card = json.loads((out / "card.json").read_text())
                     test_rows = study._labelled(st, test)
                     p = np.asarray(train.predict_store(out, st, rows=test_rows), dtype="float64")
                     rows_out.append({
@@ -121,12 +144,13 @@ def main() -> None:
                         "auc": round(float(roc_auc(test_rows["label"].to_numpy(), p)), 4),
                         "p_std": round(float(p.std()), 4), "flat": bool(p.std() < FLAT_P_STD),
                         "steps_min": recipe.min_steps, "epochs_max": recipe.max_epochs,
+                        "epochs_run": card["epochs_run"], "best_epoch": card["best_epoch"],
                         "train_s": round(dt, 1),
                     })
     df = pd.DataFrame(rows_out)
     mean = df.groupby(["task", "n_train", "experiment"])["auc"].mean().round(4)
     print(json.dumps({
-        "run": str(run), "recipe": args.recipe or "the run's", "runs": rows_out,
+        "run": str(run), "recipe": args.recipe or "the run's", "budget": budget, "runs": rows_out,
         "mean_auc": {f"{t} n{n} {e}": v for (t, n, e), v in mean.items()},
         "flat": int(df["flat"].sum()), "trainings": len(df),
     }))
