@@ -42,10 +42,10 @@ def main() -> None:
 
     store = open_store(args.store)
     rows, _ = train.labelled_rows(store, args.task)
-    perm = np.random.default_rng(2019).permutation(len(rows))
     if len(rows) < args.n_test + max(args.n):
         raise SystemExit(f"{args.store} has {len(rows)} robust {args.task} galaxies: fewer than "
                          f"--n-test {args.n_test} + N {max(args.n)}; lower one of them")
+    perm = np.random.default_rng(2019).permutation(len(rows))
     test = rows.iloc[perm[:args.n_test]].reset_index(drop=True)
     pool = rows.iloc[perm[args.n_test:]].reset_index(drop=True)
     out = []
