@@ -109,9 +109,10 @@ def test_total_flux_matches_the_magnitude_within_noise():
     inside = special.gammainc(2 * g.sersic_n, x)
     assert inside * g.flux_r * 0.995 < float(obs.models[r].sum()) < g.flux_r * 1.001
     assert abs(total - float(obs.models[r].sum())) < 5 * math.sqrt(var)
-    # the Petrosian-like selection magnitude holds most, not all, of the light
+    # the Petrosian-like selection magnitude holds most, not all, of the light: ~72% of a
+    # Sersic n = 6 (Graham et al. 2005, PASA 22, 118), a little less for a flattened one
     assert mag_to_flux(g.mag_r) <= g.flux_r * 1.0001
-    assert mag_to_flux(g.mag_r) > 0.75 * g.flux_r
+    assert mag_to_flux(g.mag_r) > 0.70 * g.flux_r
 
 
 def _edge_on(pa):
@@ -359,3 +360,51 @@ def test_ovals_are_common_in_disks_barred_or_not_and_bad_ones_are_refused():
     bad = dataclasses.replace(disks[0], oval_strength=0.3, oval_hlr_arcsec=0.0)
     with pytest.raises(InputError, match=f"galaxy {disks[0].id}: oval half-light radius"):
         bad.validate()
+
+
+def _circular_apertures(obj, scale=0.05, n=1024):
+    """(Petrosian flux fraction, R50, R90) measured on a GalSim image in circular apertures, as
+    the SDSS pipeline does: ratio of the surface brightness in the annulus 0.8-1.25 r to the
+    mean inside r falls to 0.2 at the Petrosian radius; flux within twice it."""
+    im = obj.drawImage(nx=n, ny=n, scale=scale, method="no_pixel").array
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * scale
+    rr = np.hypot(xx, yy).ravel()
+    order = np.argsort(rr)
+    rr, enc = rr[order], np.cumsum(im.ravel()[order])
+    r = np.geomspace(20 * scale, 0.7 * rr.max(), 300)
+    inner = np.interp(r, rr, enc)
+    annulus = np.interp(1.25 * r, rr, enc) - np.interp(0.8 * r, rr, enc)
+    ratio = (annulus / (np.pi * (1.25**2 - 0.8**2) * r**2)) / (inner / (np.pi * r**2))
+    r_p = r[np.argmax(ratio < 0.2)]
+    f_p = np.interp(2 * r_p, rr, enc)
+    return f_p / enc[-1], np.interp(0.5 * f_p, enc, rr), np.interp(0.9 * f_p, enc, rr)
+
+
+@pytest.mark.parametrize("cos_i,bt", [(1.0, 0.0), (0.34, 0.0), (0.1, 0.0), (0.5, 0.3)])
+def test_petrosian_radii_are_those_of_circular_apertures_on_the_projected_galaxy(cos_i, bt):
+    """Version 9: an inclined disk (and its sheared bulge) gets the Petrosian R50 / R90 that
+    circular apertures measure on its GalSim image, as the SDSS pipeline measures them, not the
+    face-on profile's."""
+    import math
+
+    import galsim
+
+    from morphtransfer.simulate.population import disk_axis_ratio, petrosian_quantities
+
+    h_over_r = 0.13
+    disk = galsim.InclinedExponential(inclination=math.acos(cos_i) * galsim.radians,
+                                      half_light_radius=2.0, scale_h_over_r=h_over_r)
+    obj = disk.withFlux(1.0 - bt)
+    comps = [(1.0 - bt, 1.0, 2.0, 1.0, disk_axis_ratio(cos_i, h_over_r))]
+    if bt:
+        q_b = math.sqrt(cos_i**2 + 0.75**2 * (1 - cos_i**2))
+        obj = obj + galsim.Sersic(n=4, half_light_radius=0.6, flux=bt).shear(q=q_b, beta=0 * galsim.degrees)
+        comps.append((bt, 4.0, 0.6, 1 / math.sqrt(q_b), math.sqrt(q_b)))
+    f_p, r50, r90 = _circular_apertures(obj)
+    m_f, m_r50, m_r90 = petrosian_quantities(comps)
+    assert m_f == pytest.approx(f_p, abs=0.01)
+    assert m_r50 == pytest.approx(r50, rel=0.03)
+    assert m_r90 == pytest.approx(r90, rel=0.03)
+    face_on = petrosian_quantities([(1.0 - bt, 1.0, 2.0)] + ([(bt, 4.0, 0.6)] if bt else []))
+    if cos_i < 0.4:  # an inclined disk's light falls inside a circle sooner than a face-on one's
+        assert m_r90 < 0.76 * face_on[2]

@@ -41,10 +41,12 @@ from morphtransfer.simulate.volunteers import (
 from morphtransfer.surveys import get_survey
 from morphtransfer.tasks import add_fractions
 
+# 9: Petrosian radii in circular apertures on the projected galaxy (population.py): inclined
+# disks framed and sized as the SDSS pipeline measures them;
 # 8: volunteers who see bars as often as the real GZ2 Stripe 82 ones (volunteers.py, bar_vis50);
 # 7: field stars, galaxies and companions in every cutout (field.py); 6: ovals and lenses in disks
 # (population.py); 5: stronger, longer bars
-SIMULATOR_VERSION = 8
+SIMULATOR_VERSION = 9
 DEFAULT_SURVEYS = ("sdss", "des")
 # Stable per-survey random streams (never derived from process order or Python's salted hash).
 # des_desaccess shares des's: the same DES observations (PSF, noise, votes), served another way.

@@ -332,8 +332,19 @@ def galaxy_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), int(stream)])
 
 
-# --- radial profiles for Petrosian quantities --------------------------------------------------
-_R_GRID = np.geomspace(1e-3, 60.0, 600)  # in units of the galaxy's R50 scale
+# --- Petrosian quantities in circular apertures ---------------------------------------------
+# The SDSS pipeline measures Petrosian radii in circular apertures on the galaxy as projected on
+# the sky (Blanton et al. 2001; Stoughton et al. 2002), and the size relation (Shen et al. 2003)
+# and the study's cutouts (10 x petroR90) use those radii. An inclined disk's light falls inside a
+# circle faster than a face-on disk's of the same major axis: the circular R90 of an exponential
+# disk seen at cos i = 0.34 (the median robust simulated disk) is 0.73 of its face-on R90, and
+# 0.69 edge-on. Until simulator version 9 the radii were those of the face-on profile, so every
+# inclined disk was framed 1.4x too wide and drawn too small (configs/README.md, "Galaxies framed
+# as the SDSS pipeline measures them").
+_R_GRID = np.geomspace(1e-3, 60.0, 600)  # in units of the galaxy's largest scale
+# midpoints of the quarter circle: the profiles are symmetric about both axes
+_PHI = (np.arange(32) + 0.5) * (math.pi / 2) / 32
+_LOG_M = np.linspace(math.log(1e-5), math.log(400.0), 4000)  # circular unit-profile table
 
 
 def _enclosed(r, n, re):
@@ -347,34 +358,75 @@ def _sb(r, n, re):
     return norm * np.exp(-b * (r / re) ** (1.0 / n))
 
 
-def _petrosian_profile(components: list[tuple[float, float, float]]):
-    """(radii, enclosed light, Petrosian radius) of a circular profile of Sersic components
-    (weight, n, half-light radius); Petrosian ratio 0.2, the SDSS definition."""
-    scale = max(re for _, _, re in components)
-    r = _R_GRID * scale
-    enc = sum(w * _enclosed(r, n, re) for w, n, re in components)
-    sb = sum(w * _sb(r, n, re) for w, n, re in components)
+_UNIT_TABLES: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _unit_tables(n: float) -> tuple[np.ndarray, np.ndarray]:
+    """Enclosed light and surface brightness of the circular Sersic profile of index n and unit
+    half-light radius on the log-radius grid _LOG_M (cached: indices are quantised)."""
+    if n not in _UNIT_TABLES:
+        m = np.exp(_LOG_M)
+        _UNIT_TABLES[n] = (_enclosed(m, n, 1.0), _sb(m, n, 1.0))
+    return _UNIT_TABLES[n]
+
+
+def _component(components) -> list[tuple[float, float, float, float]]:
+    """(weight, n, semi-major scale a, semi-minor scale b) of each component: (weight, n, hlr)
+    is circular; (weight, n, hlr, qa, qb) has axis scales hlr x qa and hlr x qb (a sheared Sersic
+    of circularised hlr: qa = 1 / sqrt(q), qb = sqrt(q); an inclined disk: qa = 1, qb = q)."""
+    out = []
+    for c in components:
+        w, n, re = c[:3]
+        qa, qb = (c[3], c[4]) if len(c) > 3 else (1.0, 1.0)
+        out.append((float(w), float(n), float(re) * float(qa), float(re) * float(qb)))
+    return out
+
+
+def _petrosian_profile(components):
+    """(radii, light inside circles of those radii, Petrosian radius) of a profile of Sersic
+    components (see _component; elliptical ones as projected on the sky); Petrosian ratio 0.2,
+    the SDSS definition. A profile I(x, y) = g(sqrt(x^2/a^2 + y^2/b^2)) / (a b) of circular unit
+    profile g puts inside the circle of radius R the average over angle of C(R s) / (a b s^2),
+    s = sqrt(cos^2 phi / a^2 + sin^2 phi / b^2), C the circular profile's enclosed light; the
+    mean surface brightness on that circle is the average of g(R s) / (a b)."""
+    comps = _component(components)
+    r = _R_GRID * max(a for _, _, a, _ in comps)
+    enc = np.zeros_like(r)
+    sb = np.zeros_like(r)
+    for w, n, a, b in comps:
+        table_enc, table_sb = _unit_tables(n)
+        s = np.sqrt(np.cos(_PHI) ** 2 / a**2 + np.sin(_PHI) ** 2 / b**2)
+        log_m = np.log(r[:, None] * s[None, :])
+        enc += w * (np.interp(log_m, _LOG_M, table_enc) / (a * b * s**2)).mean(axis=1)
+        sb += w * (np.interp(log_m, _LOG_M, table_sb) / (a * b)).mean(axis=1)
     ratio = sb / (enc / (math.pi * r * r))
     # first radius where the ratio falls below 0.2 (ratio decreases outward)
     k = int(np.argmax(ratio < 0.2)) if (ratio < 0.2).any() else len(r) - 1
     return r, enc, float(r[k])
 
 
-def petrosian_radius(components: list[tuple[float, float, float]]) -> float:
-    """The Petrosian radius (ratio 0.2) of a circular profile of Sersic components
-    (weight, n, half-light radius), in the half-light radii's unit."""
+def petrosian_radius(components) -> float:
+    """The Petrosian radius (ratio 0.2) of a profile of Sersic components (weight, n,
+    half-light radius[, qa, qb]; see _component), in the half-light radii's unit."""
     return _petrosian_profile(components)[2]
 
 
-def petrosian_quantities(components: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-    """(Petrosian flux fraction, R50, R90) of a circular profile made of Sersic components
-    (weight, n, half-light radius), with the SDSS definition: Petrosian ratio 0.2, flux within
-    2 Petrosian radii, R50/R90 enclosing 50/90% of that flux (Blanton et al. 2001)."""
+def petrosian_quantities(components) -> tuple[float, float, float]:
+    """(Petrosian flux fraction, R50, R90) in circular apertures of a profile made of Sersic
+    components (weight, n, half-light radius[, qa, qb]; see _component), with the SDSS
+    definition: Petrosian ratio 0.2, flux within 2 Petrosian radii, R50/R90 enclosing 50/90% of
+    that flux (Blanton et al. 2001)."""
     r, enc, r_p = _petrosian_profile(components)
     f_p = float(np.interp(2 * r_p, r, enc))
     r50 = float(np.interp(0.5 * f_p, enc, r))
     r90 = float(np.interp(0.9 * f_p, enc, r))
     return f_p, r50, r90
+
+
+def disk_axis_ratio(cos_i: float, h_over_r: float) -> float:
+    """Projected axis ratio of a disk of thickness h_over_r seen at inclination cos_i (the
+    oblate-spheroid relation, Hubble 1926; GalSim's InclinedExponential edge-on is ~h_over_r)."""
+    return math.sqrt(cos_i**2 + h_over_r**2 * (1.0 - cos_i**2))
 
 
 def _log_spiral_knots(rng, n_arms, pitch_deg, n_per_arm, r_min=0.5, r_max=3.5):
@@ -463,7 +515,8 @@ def _draw_one(rng: np.random.Generator, index: int) -> Galaxy:
         n = quantise_sersic_n(rng.uniform(2.5, 6.0))
         cigar = rng.uniform() < CIGAR_FRACTION
         q = float(rng.uniform(CIGAR_Q_MIN, 0.5) if cigar else rng.uniform(0.5, 1.0))
-        hlr, common = sized([(1.0, n, 1.0)])  # the size relation is in Petrosian R50
+        # the size relation is in circular Petrosian R50 of the sheared (area-preserving) profile
+        hlr, common = sized([(1.0, n, 1.0, 1.0 / math.sqrt(q), math.sqrt(q))])
         return Galaxy(**common, sersic_n=n, sersic_hlr_arcsec=hlr, sersic_q=q)
 
     lum_term = math.log10(1 + 10 ** (-0.4 * (abs_mag - LATE_M0)))
@@ -514,8 +567,12 @@ def _draw_one(rng: np.random.Generator, index: int) -> Galaxy:
         n_arm_knots = len(arm_xy)
     else:
         knot_xy, knot_weights, n_arm_knots = np.zeros((0, 2)), np.zeros(0), 0
-    # Sizes: set the disk hlr so the Petrosian R50 of disk+bulge matches the size relation
-    comps = [(1 - bt, 1.0, 1.0), (bt, n_b, bulge_rel)] if bt > 0 else [(1.0, 1.0, 1.0)]
+    # Sizes: set the disk hlr so the circular Petrosian R50 of disk + bulge as projected on the
+    # sky (inclined disk, sheared bulge) matches the size relation (version 9)
+    q_d = disk_axis_ratio(cos_i, h_over_r)
+    comps = [(1 - bt, 1.0, 1.0, 1.0, q_d)]
+    if bt > 0:
+        comps.append((bt, n_b, bulge_rel, 1.0 / math.sqrt(q_b), math.sqrt(q_b)))
     hlr_d, common = sized(comps)
     return Galaxy(
         **common,
