@@ -11,7 +11,10 @@ For each setting and survey it prints one JSON line: robust barred of all galaxi
 question's path (``prerequisite_fraction`` 0.5: featured and not edge-on), the robust Q3 galaxies
 as a share of all and the robust bars among them; of those robust on the path, how many are truly
 barred and how many true bars the robust "not barred" hold; and the same figures of the real table
-(``--gz2-table``, GZ2 Stripe 82 coadd in ``../shared/data``).
+(``--gz2-table``, GZ2 Stripe 82 coadd in ``../shared/data``). And what the presets' robust Q3
+labels (no path) are made of: the robust "not barred" share, how many of them are robustly
+smooth (smooth > 0.7), how many robustly smooth galaxies reach 5 bar votes, and how well the
+"featured" vote fraction (and, simulated, being a true face-on disk) ranks the robust bar label.
 
     python benchmarks/volunteer_calibration.py --stores runs/sim [--gz2-table T]
         [--bar-vis50 10.5 7 5] [--bar-width 0.4]
@@ -60,6 +63,31 @@ def rates(cat: pd.DataFrame, truth: bool = True, real: np.ndarray | None = None)
         "bar_fraction_median": round(float(np.median(f)), 3),
         "bar_fraction_quartiles": [round(float(x), 3) for x in np.quantile(f, [0.25, 0.75])],
     }
+    # What the robust labels of the presets (no path) are made of: ellipticals that enough
+    # volunteers called "featured" reach T03 and become robust "not barred"
+    q1 = Q["Q1"]
+    robust = any_q3 >= 0
+    smooth = cat[q1.fraction_column("smooth")].to_numpy(dtype="float64") > 0.7
+    featured = cat[q1.fraction_column("featured_or_disk")].to_numpy(dtype="float64")
+    n3 = cat[Q["Q3"].total_column].fillna(0).to_numpy()
+    out.update({
+        "robust_not_barred_of_all": round(float((any_q3 == 0).mean()), 4),
+        "barred_of_robust": round(float((any_q3[robust] == 1).mean()), 4) if robust.any() else None,
+        "not_barred_robustly_smooth": round(float(smooth[any_q3 == 0].mean()), 3) if (any_q3 == 0).any() else None,
+        "smooth_with_5_bar_votes": round(float((n3[smooth] >= 5).mean()), 3) if smooth.any() else None,
+        "smooth_featured_fraction_median": round(float(np.nanmedian(featured[smooth])), 3) if smooth.any() else None,
+        "q1_votes_p10_p50_p90": [float(x) for x in np.nanpercentile(cat[q1.total_column], [10, 50, 90])],
+    })
+    labels = any_q3[robust] == 1
+    if 0 < labels.sum() < labels.size:
+        from sklearn.metrics import roc_auc_score
+
+        out["featured_fraction_auc_for_bar_label"] = round(
+            float(roc_auc_score(labels, np.nan_to_num(featured[robust]))), 3)
+        if truth and {"true_disk", "true_edge_on"} <= set(cat.columns):
+            face_on = cat["true_disk"].astype(bool) & ~cat["true_edge_on"].astype(bool)
+            out["face_on_disk_auc_for_bar_label"] = round(
+                float(roc_auc_score(labels, face_on.to_numpy()[robust])), 3)
     if real is not None:
         from scipy.stats import ks_2samp
 
