@@ -14,7 +14,7 @@ printed too. One JSON line.
 Why: DS18 trained from scratch on a few hundred galaxies learns about what these statistics hold
 (real SDSS, Q1, 300 labels: DS18 0.874, these 0.866), so where they solve a simulated task much
 better than the real one, the simulated galaxies lack the real ones' variety, and (d) in the
-study loses little to (b) for that reason (configs/README.md, "Galaxies framed as the SDSS
+study loses little to (b) for that reason (docs/simulator.md, "Galaxies framed as the SDSS
 pipeline measures them").
 """
 

@@ -86,7 +86,7 @@ BAR_PLUS_BULGE_MAX = 0.85
 # JPEGs of GZ1 spirals, so a bar was the only inner m = 2 pattern a network ever saw. With the
 # values below the simulated SDSS disks reach the real 90th percentile of that statistic (0.176 /
 # 0.177 in two draws, real 0.172) and their median rises from 0.043 to 0.052 (real 0.078): the
-# lower half stays smoother than real (README, "Ovals and lenses at version 6"). Drawn from the
+# lower half stays smoother than real (docs/findings.md, "Ovals and lenses at version 6"). Drawn from the
 # galaxy's own stream OVAL_STREAM, so each galaxy keeps every version-5 parameter and gains the
 # oval.
 OVAL_STREAM = 100
@@ -339,7 +339,7 @@ def galaxy_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
 # circle faster than a face-on disk's of the same major axis: the circular R90 of an exponential
 # disk seen at cos i = 0.34 (the median robust simulated disk) is 0.73 of its face-on R90, and
 # 0.69 edge-on. Until simulator version 9 the radii were those of the face-on profile, so every
-# inclined disk was framed 1.4x too wide and drawn too small (configs/README.md, "Galaxies framed
+# inclined disk was framed 1.4x too wide and drawn too small (docs/simulator.md, "Galaxies framed
 # as the SDSS pipeline measures them").
 _R_GRID = np.geomspace(1e-3, 60.0, 600)  # in units of the galaxy's largest scale
 # midpoints of the quarter circle: the profiles are symmetric about both axes

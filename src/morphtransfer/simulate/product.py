@@ -26,7 +26,7 @@ m = 0.03, Q = 20). SDSS: the SkyServer recipe's band scales and softening are no
 nanomaggies; they are calibrated so that simulated SDSS cutouts, after the study's preprocessing,
 match the real SkyServer JPEGs in ``../shared/data/sdss_gz1`` in background level and noise,
 saturated-core size and the area above 10% and 50% of the peak (benchmarks/image_product_calibration.py;
-the measured figures are in the README, "The built-in survey pair").
+the measured figures are in docs/simulator.md).
 """
 
 from __future__ import annotations
