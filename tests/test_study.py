@@ -296,6 +296,37 @@ def test_source_only_runs_only_the_zero_rows(pair, tmp_path, monkeypatch):
     assert any("source Store only" in n for n in res.notes)
 
 
+class PlateauEngine(FakeEngine):
+    """A FakeEngine whose Q3 source model ends on the loss plateau, as the engine cards it."""
+
+    def train_model(self, store, task, **kw):
+        out = super().train_model(store, task, **kw)
+        if task == "Q3" and kw["init"] is None and "source" in str(out):
+            card = json.loads((out / "card.json").read_text())
+            card.update(left_plateau=False, best_val_loss=0.6908, chance_val_loss=0.6931, val_auc=0.594)
+            (out / "card.json").write_text(json.dumps(card))
+        return out
+
+
+def test_a_source_model_left_on_the_loss_plateau_is_said_and_noted(pair, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(study, "_engine", lambda: PlateauEngine())
+    console = Console(record=True, width=200)
+    out = tmp_path / "run"
+    res = study.run_study(out=out, source=pair[0], target=pair[1], config=tiny_config(),
+                          progress=False, report=False, console=console)
+    notes = [n for n in res.notes if "loss plateau" in n]
+    # the Q3 source model only: the other cards carry no plateau flag
+    assert len(notes) == 1 and notes[0].startswith("Q3 source model did not leave the loss plateau")
+    assert "0.6908" in notes[0] and "0.6931" in notes[0] and "0.594" in notes[0]
+    assert "Q3 source model did not leave the loss plateau" in console.export_text()
+    # a resumed run says it again: the model is reused, and what it rests on is unchanged
+    res2 = study.run_study(out=out, source=pair[0], target=pair[1], config=tiny_config(),
+                           progress=False, report=False, console=Console(record=True, width=200))
+    assert [n for n in res2.notes if "loss plateau" in n] == notes
+
+
 def test_small_samples_get_at_least_min_steps(monkeypatch):
     monkeypatch.setattr(study, "_engine", lambda: FakeEngine())
     cfg = tiny_config()

@@ -16,6 +16,7 @@ from morphtransfer.tasks import add_fractions
 from morphtransfer.train import (
     BatchAugment,
     Recipe,
+    chance_val_loss,
     class_weights,
     evaluate,
     evaluate_model,
@@ -131,6 +132,43 @@ def test_scratch_training_learns_blobs_and_writes_card(scratch_model, blob_store
     assert not (scratch_model / "checkpoints").exists()
     # a network that learnt keeps feature channels firing on its validation galaxies
     assert 10 <= card["active_feature_channels"] <= 128
+    # ... and left the loss plateau: 6 + 6 validation galaxies, unweighted, so a constant P
+    # scores ln 2, and the kept epoch is well under it
+    assert card["chance_val_loss"] == pytest.approx(np.log(2), abs=1e-12)
+    assert card["left_plateau"] is True and card["best_val_loss"] < 0.9 * np.log(2)
+
+
+def test_chance_val_loss_is_the_entropy_of_the_weighted_positive_share():
+    # a quarter positive, unweighted: H(0.25)
+    y = np.array([1, 0, 0, 0] * 5)
+    assert chance_val_loss(y) == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)), abs=1e-12)
+    # the study's balanced class weights n / (2 n_c) make the two classes weigh alike: ln 2
+    w = np.where(y == 1, 20 / (2 * 5), 20 / (2 * 15))
+    assert chance_val_loss(y, w) == pytest.approx(np.log(2), abs=1e-12)
+    assert chance_val_loss(np.zeros(4)) == 0.0  # one class: a constant P is perfect
+
+
+def test_scratch_training_that_learns_nothing_is_warned_about_and_carded(blob_store, tmp_path):
+    # labels that do not follow the images, and a step too small to move: the training ends on
+    # the loss of a constant P
+    rows = _train_rows(blob_store).assign(
+        label=np.random.default_rng(3).permutation(np.arange(120) % 2))
+    recipe = Recipe(max_epochs=1, early_stopping_patience=None, learning_rate=1e-7, augment=False)
+    with pytest.warns(UserWarning, match="has not left the loss plateau"):
+        out = train_model(blob_store, "Q1", rows=rows, recipe=recipe, out=tmp_path / "flat",
+                          progress=False)
+    card = json.loads((out / "card.json").read_text())
+    assert card["left_plateau"] is False
+    assert card["chance_val_loss"] == pytest.approx(np.log(2), abs=1e-12)
+    assert card["best_val_loss"] >= 0.99 * card["chance_val_loss"]
+    # a fine-tune starts off the plateau by construction: carded, never warned about
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*loss plateau.*")
+        ft = train_model(blob_store, "Q1", rows=rows, recipe=recipe, init=out,
+                         out=tmp_path / "ft", progress=False)
+    assert "left_plateau" in json.loads((ft / "card.json").read_text())
 
 
 def test_same_seed_gives_identical_weights_and_resume_returns_finished(blob_store, tmp_path):

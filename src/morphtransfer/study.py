@@ -1297,6 +1297,7 @@ def _run_source_model(engine, job, cfg, splits, store, paths, console, head, res
     if _model_done(folder):
         result.skipped += 1
         console.print(f"{head} {name}: done already ({folder})", highlight=False)
+        _note_plateau(name, folder, console, head, result)
         return False
     rows = _labelled(store, rows_of(splits, task, "source_train"))
     test_ids = set(rows_of(splits, task, "source_test")["id"]) | set(rows_of(splits, task, "target_test")["id"])
@@ -1313,7 +1314,26 @@ def _run_source_model(engine, job, cfg, splits, store, paths, console, head, res
         progress=progress,
     )
     result.trained += 1
+    _note_plateau(name, folder, console, head, result)
     return True
+
+
+def _note_plateau(name: str, folder: Path, console, head: str, result) -> None:
+    """Say, on the console and in the report's notes, when a source model ended on the loss
+    plateau (the engine's ``left_plateau``): its (0), (0t), (a), (b) and (c) rows rest on a model
+    that learnt little of its labels."""
+    card = json.loads((folder / "card.json").read_text())
+    if card.get("left_plateau", True):
+        return
+    note = (
+        f"{name} did not leave the loss plateau (best validation loss {card['best_val_loss']:.4f}, "
+        f"a constant P gives {card['chance_val_loss']:.4f}; validation AUC {card.get('val_auc', float('nan')):.3f}): "
+        "the rows that start from it say little. Run the study again into a new --out with a "
+        "lower learning_rate or more epochs for this task in [recipe.source] of a copied preset "
+        "(e.g. learning_rate = { Q3 = 1e-4 })"
+    )
+    result.notes.append(note)
+    console.print(f"{head} [yellow]{escape(note)}[/]", highlight=False)
 
 
 def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, console, head, result,

@@ -823,6 +823,22 @@ def train_model(
         val_info["val_metrics"] = metrics.binary_metrics(yv, p, 0.5)
         if len(np.unique(yv)) == 2:
             val_info["p_threshold_val"] = metrics.choose_threshold(yv, p)
+        if not math.isinf(module.best_val_loss):
+            # a training that ends where it began, on the loss of one constant P for every galaxy,
+            # has learnt nothing of its labels: say so now, not after the study built on it
+            chance = chance_val_loss(yv, val_ds.weights.numpy())
+            val_info["chance_val_loss"] = chance
+            val_info["left_plateau"] = bool(module.best_val_loss < PLATEAU_FRACTION * chance)
+            if init is None and not val_info["left_plateau"]:
+                warnings.warn(
+                    f"the model trained from scratch into {out} has not left the loss plateau: its "
+                    f"best validation loss {module.best_val_loss:.4f} is within "
+                    f"{100 * (1 - PLATEAU_FRACTION):.0f}% of {chance:.4f}, the loss of one constant P "
+                    f"for every galaxy ({len(yv)} validation galaxies, AUC "
+                    f"{val_info['val_auc']:.3f}), so it has learnt little of its labels. A lower "
+                    "learning_rate (1e-4 for a rare class such as bars), more epochs (max_epochs, "
+                    "min_steps) or a fine-tune from a trained model help",
+                    stacklevel=2)
     from morphtransfer.models import active_feature_channels
 
     # a dead network (no feature channel fires) gives one P to every galaxy and cannot recover
@@ -873,6 +889,27 @@ def train_model(
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # 40 MB of optimiser state, not needed now
     _wait_for_rank_zero(trainer)
     return out
+
+
+# A training "has left the loss plateau" when its best validation loss is under this fraction of
+# the loss of the best constant P (chance_val_loss). From scratch, the quick run's SDSS models
+# (simulator version 9) ended at 0.32 / 0.32 / 0.74 of it (Q1 / Q2 / Q3), its (d) models at
+# 0.96-1.02, those with P nearly the same for every galaxy at 0.997-1.002; the paper preset's
+# 10,000-galaxy SDSS bar model at learning rate 1e-3 ended at 0.997 (validation AUC 0.59). Only
+# trainings from scratch are warned about: a fine-tune starts off the plateau.
+PLATEAU_FRACTION = 0.99
+
+
+def chance_val_loss(labels, weights=None) -> float:
+    """The validation loss (weighted mean binary cross-entropy, as validation_step computes it)
+    of the best constant P: the entropy of the weighted positive share. ln 2 when the class
+    weights balance the two classes."""
+    y = np.asarray(labels, dtype="float64")
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype="float64")
+    q = float((w * y).sum() / w.sum())
+    if q <= 0.0 or q >= 1.0:
+        return 0.0
+    return float(-(q * math.log(q) + (1 - q) * math.log(1 - q)))
 
 
 def _tidy_log(out: Path, earlier: pd.DataFrame | None) -> None:
