@@ -325,6 +325,10 @@ def test_a_source_model_left_on_the_loss_plateau_is_said_and_noted(pair, tmp_pat
     res2 = study.run_study(out=out, source=pair[0], target=pair[1], config=tiny_config(),
                            progress=False, report=False, console=Console(record=True, width=200))
     assert [n for n in res2.notes if "loss plateau" in n] == notes
+    # `morphtransfer report` says it again from the card, with no metrics.json to copy it from
+    assert not (out / "metrics.json").exists()
+    study.report_run(out, console=Console(record=True, width=200))
+    assert [n for n in json.loads((out / "metrics.json").read_text())["notes"] if "loss plateau" in n] == notes
 
 
 def test_small_samples_get_at_least_min_steps(monkeypatch):

@@ -1200,6 +1200,14 @@ def report_run(out: str | os.PathLike, console=None) -> dict:
             notes = list(json.loads(metrics.read_text()).get("notes") or []) + notes
         except json.JSONDecodeError:
             notes.append(f"{metrics} was not valid JSON; the run's earlier notes are lost")
+    # source models that ended on the loss plateau: said again from their cards, whatever became
+    # of metrics.json
+    paths = StudyPaths(root)
+    for task in cfg.get("study", {}).get("tasks", []):
+        for seed in source_seeds(cfg):
+            note = _plateau_note(_source_model_name(cfg, task, seed), paths.source_model(task, seed))
+            if note is not None and note not in notes:
+                notes.append(note)
     console.print(f"rewriting the report of {root} from predictions.parquet ...", highlight=False)
     written = write_report(root, cfg=cfg, source_store=stores.get("source"),
                            target_store=stores.get("target"), notes=notes, console=console)
@@ -1293,7 +1301,7 @@ def _labelled(store, rows: pd.DataFrame) -> pd.DataFrame:
 def _run_source_model(engine, job, cfg, splits, store, paths, console, head, result, progress, eta) -> bool:
     task = job.task
     folder = paths.source_model(task, job.seed)
-    name = f"{task} source model" + (f" (seed {job.seed})" if len(source_seeds(cfg)) > 1 else "")
+    name = _source_model_name(cfg, task, job.seed)
     if _model_done(folder):
         result.skipped += 1
         console.print(f"{head} {name}: done already ({folder})", highlight=False)
@@ -1318,22 +1326,37 @@ def _run_source_model(engine, job, cfg, splits, store, paths, console, head, res
     return True
 
 
+def _source_model_name(cfg: dict, task: str, seed: int) -> str:
+    return f"{task} source model" + (f" (seed {seed})" if len(source_seeds(cfg)) > 1 else "")
+
+
 def _note_plateau(name: str, folder: Path, console, head: str, result) -> None:
     """Say, on the console and in the report's notes, when a source model ended on the loss
     plateau (the engine's ``left_plateau``): its (0), (0t), (a), (b) and (c) rows rest on a model
     that learnt little of its labels."""
-    card = json.loads((folder / "card.json").read_text())
-    if card.get("left_plateau", True):
+    note = _plateau_note(name, folder)
+    if note is None:
         return
-    note = (
+    result.notes.append(note)
+    console.print(f"{head} [yellow]{escape(note)}[/]", highlight=False)
+
+
+def _plateau_note(name: str, folder: Path) -> str | None:
+    """The note on a model that ended on the loss plateau, from its card; None otherwise (and for
+    cards written before the engine recorded it)."""
+    card_path = folder / "card.json"
+    if not card_path.exists():
+        return None
+    card = json.loads(card_path.read_text())
+    if card.get("left_plateau", True):
+        return None
+    return (
         f"{name} did not leave the loss plateau (best validation loss {card['best_val_loss']:.4f}, "
         f"a constant P gives {card['chance_val_loss']:.4f}; validation AUC {card.get('val_auc', float('nan')):.3f}): "
         "the rows that start from it say little. Run the study again into a new --out with a "
         "lower learning_rate or more epochs for this task in [recipe.source] of a copied preset "
         "(e.g. learning_rate = { Q3 = 1e-4 })"
     )
-    result.notes.append(note)
-    console.print(f"{head} [yellow]{escape(note)}[/]", highlight=False)
 
 
 def _run_experiment(engine, exp, cfg, splits, src_store, tgt_store, paths, console, head, result,

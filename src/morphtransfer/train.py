@@ -832,9 +832,9 @@ def train_model(
             if init is None and not val_info["left_plateau"]:
                 warnings.warn(
                     f"the model trained from scratch into {out} has not left the loss plateau: its "
-                    f"best validation loss {module.best_val_loss:.4f} is within "
-                    f"{100 * (1 - PLATEAU_FRACTION):.0f}% of {chance:.4f}, the loss of one constant P "
-                    f"for every galaxy ({len(yv)} validation galaxies, AUC "
+                    f"best validation loss {module.best_val_loss:.4f} is not "
+                    f"{100 * (1 - PLATEAU_FRACTION):.0f}% below {chance:.4f}, the loss of one constant "
+                    f"P for every galaxy ({len(yv)} validation galaxies, AUC "
                     f"{val_info['val_auc']:.3f}), so it has learnt little of its labels. A lower "
                     "learning_rate (1e-4 for a rare class such as bars), more epochs (max_epochs, "
                     "min_steps) or a fine-tune from a trained model help",
