@@ -22,12 +22,14 @@ The sky-subtracted copy of the DES Store is written once under ``--work``.
     python benchmarks/scratch_sky.py --run runs/quick [--tasks Q2 Q3] [--n 50 300] [--seeds 0 1]
                                      [--recipe paper] [--work runs/quick/scratch_sky]
                                      [--variants d_target b_target] [--max-epochs 40 --min-steps 0
-                                     --patience 10]
+                                     --patience 10] [--learning-rate 1e-4]
 
 ``--variants`` trains only those of the five; ``--max-epochs``, ``--min-steps`` and ``--patience``
 override the recipe's budget (``[recipe.target]`` ``max_epochs``, ``min_steps``,
 ``early_stopping_patience``) for every training: how much of (b) - (d) is the length of the
-training rather than the number of labels.
+training rather than the number of labels; ``--learning-rate`` overrides (d)'s rate
+(``[recipe.target] learning_rate``): whether (d) stays flat at a rate the question's SDSS model
+itself cannot leave the plateau at.
 
 A diagnostic, not the study's method: the study trains on the images as each survey serves them.
 """
@@ -95,6 +97,9 @@ def main() -> None:
     ap.add_argument("--min-steps", type=int, default=None, help="override [recipe.target] min_steps")
     ap.add_argument("--patience", type=int, default=None,
                     help="override [recipe.target] early_stopping_patience (0: none)")
+    ap.add_argument("--learning-rate", type=float, default=None,
+                    help="override [recipe.target] learning_rate, the from-scratch (d) trainings' rate "
+                         "((b) keeps fine_tune_learning_rate)")
     ap.add_argument("--work", default=None, help="where the sky-subtracted Store and the models go "
                     "(default: RUN/scratch_sky)")
     args = ap.parse_args()
@@ -104,17 +109,21 @@ def main() -> None:
     if args.recipe:
         cfg["recipe"]["target"] = study.load_config(args.recipe)["recipe"]["target"]
     budget = {k: v for k, v in (("max_epochs", args.max_epochs), ("min_steps", args.min_steps),
-                                ("early_stopping_patience", args.patience)) if v is not None}
+                                ("early_stopping_patience", args.patience),
+                                ("learning_rate", args.learning_rate)) if v is not None}
     cfg["recipe"]["target"].update(budget)
     tag = Path(args.recipe or "run").stem + "".join(f"_{k}{v}" for k, v in budget.items())
     work = Path(args.work) if args.work else run / "scratch_sky"
     work.mkdir(parents=True, exist_ok=True)
     splits = pd.read_parquet(run / "splits.parquet")
     source_name, target_name = study.simulated_pair(cfg)
-    stores = {"target": open_store(run / "data" / target_name),
-              "source": open_store(run / "data" / source_name)}
+    # the Stores the run read: its [inputs] (a run given --source/--target), else its own data/
+    inputs = cfg.get("inputs", {})
+    paths = {"source": Path(inputs.get("source") or run / "data" / source_name),
+             "target": Path(inputs.get("target") or run / "data" / target_name)}
+    stores = {k: open_store(v) for k, v in paths.items()}
     if any(v.endswith("nosky") for v in args.variants):
-        stores["target_nosky"] = open_store(nosky_copy(run / "data" / target_name,
+        stores["target_nosky"] = open_store(nosky_copy(paths["target"],
                                                        work / f"{target_name}_nosky"))
     split_seed = cfg["study"]["split_seed"]
 
