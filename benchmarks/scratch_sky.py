@@ -116,15 +116,11 @@ def main() -> None:
     work = Path(args.work) if args.work else run / "scratch_sky"
     work.mkdir(parents=True, exist_ok=True)
     splits = pd.read_parquet(run / "splits.parquet")
-    source_name, target_name = study.simulated_pair(cfg)
-    # the Stores the run read: its [inputs] (a run given --source/--target), else its own data/
-    inputs = cfg.get("inputs", {})
-    paths = {"source": Path(inputs.get("source") or run / "data" / source_name),
-             "target": Path(inputs.get("target") or run / "data" / target_name)}
+    paths = study.run_store_paths(run, cfg)  # the Stores the run read
     stores = {k: open_store(v) for k, v in paths.items()}
     if any(v.endswith("nosky") for v in args.variants):
         stores["target_nosky"] = open_store(nosky_copy(paths["target"],
-                                                       work / f"{target_name}_nosky"))
+                                                       work / f"{paths['target'].name}_nosky"))
     split_seed = cfg["study"]["split_seed"]
 
     rows_out = []

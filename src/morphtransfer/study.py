@@ -1156,6 +1156,16 @@ def _print_summary(root: Path, console) -> None:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+def run_store_paths(root: Path, cfg: dict) -> dict[str, Path]:
+    """{"source": path, "target": path} of the Stores a run folder's study read, from its stored
+    configuration: the simulated pair under ``root/data``, or the --source/--target Stores of its
+    [inputs] (a role the run had no Store for is left out)."""
+    inputs = cfg.get("inputs", {})
+    if inputs.get("simulated"):
+        return dict(zip(("source", "target"), (root / "data" / n for n in simulated_pair(cfg))))
+    return {k: Path(inputs[k]) for k in ("source", "target") if inputs.get(k)}
+
+
 def report_run(out: str | os.PathLike, console=None) -> dict:
     """Write the report of a run folder again from its ``predictions.parquet``: Table 2, the
     label budget, metrics.json, the figures and report.html, with nothing trained or predicted
@@ -1181,13 +1191,8 @@ def report_run(out: str | os.PathLike, console=None) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{root / 'config.toml'} is not valid TOML ({exc}): restore it, or "
                          "re-run the study into a new --out folder") from exc
-    inputs = cfg.get("inputs", {})
-    if inputs.get("simulated"):
-        places = dict(zip(("source", "target"), (root / "data" / n for n in simulated_pair(cfg))))
-    else:
-        places = {k: Path(inputs[k]) for k in ("source", "target") if inputs.get(k)}
     stores, notes = {}, []
-    for role, place in places.items():
+    for role, place in run_store_paths(root, cfg).items():
         try:
             stores[role] = Store(place)
         except (InputError, OSError) as exc:
