@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 import zlib
@@ -607,6 +608,52 @@ def test_the_time_estimate_scales_with_this_machines_conv_rate(monkeypatch):
     assert factor == 1.0 and "upper bound" in how
 
 
+def test_the_estimate_scales_training_by_the_precision_measured_here(monkeypatch):
+    """The [estimate] training speed is float32's: a recipe that trains in bf16-mixed ("auto"
+    where bfloat16 is native) has its trainings estimated at the speed-up a DS18 training-step
+    probe measures here, in both precisions; float32 alone probes nothing."""
+    import torch
+
+    from morphtransfer import inference, speed
+
+    cfg = study.load_config("quick")
+    fp32 = {**cfg, "recipe": {w: {**r, "precision": "32-true"} for w, r in cfg["recipe"].items()}}
+    monkeypatch.setattr(speed, "train_step_rate", lambda *a, **kw: pytest.fail("probed"))
+    assert study.precision_speedups(fp32) == ({}, "")
+    rates = {"32-true": 50.0, "bf16-mixed": 75.0}
+    monkeypatch.setattr(speed, "train_step_rate", lambda precision="32-true", **kw: rates[precision])
+    bf16 = {**cfg, "recipe": {**cfg["recipe"], "source": {**cfg["recipe"]["source"],
+                                                          "precision": "bf16-mixed"}}}
+    bf16["recipe"]["target"] = {**cfg["recipe"]["target"], "precision": "32-true"}
+    factors, how = study.precision_speedups(bf16)
+    assert factors == {"bf16-mixed": pytest.approx(1.5)} and "bf16-mixed training 1.50x float32" in how
+    plan, _ = study.plan_experiments(bf16, list(bf16["study"]["tasks"]))
+    base = study.estimate_seconds(study.with_speed(fp32, 1.0), plan, 0)
+    est = study.estimate_seconds(study.with_speed(bf16, 1.0, factors), plan, 0)
+    fixed = 3 * study.FIT_OVERHEAD_S
+    assert est["source_models_s"] - fixed == pytest.approx((base["source_models_s"] - fixed) / 1.5)
+    assert est["experiments_s"] == pytest.approx(base["experiments_s"])  # target stays float32
+    # "auto" is bf16-mixed exactly where bfloat16 is native
+    auto = {**cfg, "recipe": {w: {**r, "precision": "auto"} for w, r in cfg["recipe"].items()}}
+    monkeypatch.setattr(inference, "bf16_supported", lambda device="cpu": False)
+    assert study.precision_speedups(auto) == ({}, "")
+    monkeypatch.setattr(inference, "bf16_supported", lambda device="cpu": True)
+    assert study.precision_speedups(auto)[0] == {"bf16-mixed": pytest.approx(1.5)}
+    # on a GPU the CPU probe says nothing
+    monkeypatch.setattr(inference, "default_device", lambda: torch.device("cuda"))
+    assert study.precision_speedups(auto) == ({}, "")
+
+
+def test_the_training_step_probe_trains_ds18_in_each_precision():
+    """speed.train_step_rate runs real DS18 training steps (augmentation, forward, backward,
+    Adam) and reports images/s; bf16-mixed runs through autocast on any CPU."""
+    from morphtransfer import speed
+
+    for precision in ("32-true", "bf16-mixed"):
+        rate = speed.train_step_rate(precision, reps=1, batch=8)
+        assert math.isfinite(rate) and 0.5 < rate < 1e5
+
+
 def test_simulation_workers_auto_is_one_per_core_and_a_resume_may_change_them(pair, tmp_path, monkeypatch):
     """[simulate] workers = "auto" (the presets): one rendering process per usable core, at most
     MAX_AUTO_WORKERS; a number is taken as it is; the workers do not change the galaxies, so a
@@ -655,12 +702,19 @@ def test_the_printed_estimate_names_the_probe_and_uses_its_speed(tmp_path, monke
     def stop(*a, **kw):
         raise Stop
 
+    from morphtransfer import inference
+
     monkeypatch.setattr(speed, "conv_gflops", lambda **kw: (290.0, 290.0))  # 2x the reference
+    # the quick preset trains in "auto" precision: bf16-mixed here, 1.5x float32's speed
+    monkeypatch.setattr(inference, "bf16_supported", lambda device="cpu": True)
+    monkeypatch.setattr(speed, "train_step_rate",
+                        lambda precision="32-true", **kw: {"32-true": 50.0, "bf16-mixed": 75.0}[precision])
     monkeypatch.setattr(study, "_ensure_simulated", stop)
     cfg = study.load_config("quick")
     plan, _ = study.plan_experiments(cfg, list(cfg["study"]["tasks"]))
     n_test = {t: study._per_task(cfg["target"]["n_test"], t, "n_test") for t in cfg["study"]["tasks"]}
-    expect = study.estimate_seconds(study.with_speed(cfg, 2.0), plan, 12000, n_test)
+    expect = study.estimate_seconds(study.with_speed(cfg, 2.0, {"bf16-mixed": 1.5}), plan, 12000, n_test)
+    assert expect["total_s"] < study.estimate_seconds(study.with_speed(cfg, 2.0), plan, 12000, n_test)["total_s"]
     console = Console(record=True, width=300)
     with pytest.raises(Stop):
         study.run_study(out=tmp_path / "r", config=cfg, console=console, progress=False)
@@ -668,6 +722,7 @@ def test_the_printed_estimate_names_the_probe_and_uses_its_speed(tmp_path, monke
     assert f"estimated time ~{expect['total_s'] / 60:.0f} min" in line
     assert f"simulation {12000 / 55.0 / 60:.1f}," in line  # 27.5/s x 2
     assert "at 290 GFLOP/s in a float32 conv, against 145 where the [estimate] speeds" in line
+    assert "bf16-mixed training 1.50x float32 here" in line
 
 
 def test_target_votes_default_follows_the_data_and_a_run_folder_keeps_its_labelling(pair, tmp_path, monkeypatch):

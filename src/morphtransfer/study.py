@@ -801,16 +801,31 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
     _write_atomic(paths.config, text)
 
 
-def _rates(cfg: dict) -> tuple[float, float, float]:
+def _rates(cfg: dict, which: str | None = None, task: str | None = None) -> tuple[float, float, float]:
     """(simulated galaxies/s, training images/s, predicted images/s) on this machine: the
-    [estimate] speeds times ``speed_factor`` (machine_speed; 1 when not measured)."""
+    [estimate] speeds times ``speed_factor`` (machine_speed; 1 when not measured). With ``which``
+    ("source" / "target") and ``task``, the training rate is that recipe's: times
+    ``precision_factor`` of its precision where one was measured (precision_speedups)."""
     est = cfg.get("estimate", {})
     f = float(est.get("speed_factor", 1.0))
+    train = f * float(est.get("train_images_per_s", 200.0))
+    if which is not None:
+        train *= float(est.get("precision_factor", {}).get(_training_precision(cfg, which, task), 1.0))
     return (
         f * float(est.get("simulate_galaxies_per_s", 40.0)),
-        f * float(est.get("train_images_per_s", 200.0)),
+        train,
         f * float(est.get("predict_images_per_s", 900.0)),
     )
+
+
+def _training_precision(cfg: dict, which: str, task: str | None) -> str:
+    """The Lightning precision one recipe of ``cfg`` trains ``task`` in on this machine ("auto"
+    resolved: bf16-mixed where bfloat16 is native)."""
+    from morphtransfer.inference import resolve_precision
+
+    value = cfg.get("recipe", {}).get(which, {}).get("precision", "32-true")
+    return resolve_precision(_for_task(value, task, "32-true") if task else
+                             (value if isinstance(value, str) else "32-true"))
 
 
 def machine_speed(cfg: dict) -> tuple[float, str]:
@@ -838,9 +853,35 @@ def machine_speed(cfg: dict) -> tuple[float, str]:
     )
 
 
-def with_speed(cfg: dict, factor: float) -> dict:
-    """A copy of ``cfg`` whose time estimates use ``factor`` (machine_speed)."""
-    return {**cfg, "estimate": {**cfg.get("estimate", {}), "speed_factor": float(factor)}}
+def precision_speedups(cfg: dict) -> tuple[dict[str, float], str]:
+    """({precision: times float32's training speed}, how it was found) for the training
+    precisions of ``cfg``'s recipes other than float32, the precision the [estimate] speeds were
+    measured in. On a CPU each is measured here (speed.train_step_rate: a few DS18 training steps
+    in each precision, ~2-4 s in all on 2 cores); float32 alone, or a GPU, measures nothing."""
+    from morphtransfer.inference import default_device
+
+    tasks = list(cfg.get("study", {}).get("tasks", [])) or [None]
+    used = {_training_precision(cfg, which, t) for which in ("source", "target") for t in tasks}
+    others = sorted(used - {"32-true"})
+    if not others or default_device().type != "cpu":
+        return {}, ""
+    from morphtransfer.speed import train_step_rate
+    from morphtransfer.train import _set_threads
+
+    _set_threads()
+    fp32 = train_step_rate("32-true")
+    out = {p: train_step_rate(p) / fp32 for p in others}
+    how = ", ".join(f"{p} training {r:.2f}x float32 here" for p, r in out.items())
+    return out, f"{how} (DS18 training steps, speed.train_step_rate)"
+
+
+def with_speed(cfg: dict, factor: float, precision_factor: dict[str, float] | None = None) -> dict:
+    """A copy of ``cfg`` whose time estimates use ``factor`` (machine_speed) and, per training
+    precision, ``precision_factor`` (precision_speedups)."""
+    est = {**cfg.get("estimate", {}), "speed_factor": float(factor)}
+    if precision_factor:
+        est["precision_factor"] = {k: float(v) for k, v in precision_factor.items()}
+    return {**cfg, "estimate": est}
 
 
 # Lightning setup, checkpoints and model loading per training: a fixed cost that dominates the
@@ -868,10 +909,11 @@ def job_seconds(cfg: dict, job, n_test: int) -> float:
     Upper bound: early stopping usually ends trainings sooner. (c) back-propagates through the
     dense part only, about half the cost of (b) or (d).
     """
-    _, train_rate, pred_rate = _rates(cfg)
     if isinstance(job, SourceJob):
+        _, train_rate, _ = _rates(cfg, "source", job.task)
         n = _per_task(cfg["source"]["n_train"], job.task, "[source] n_train")
         return FIT_OVERHEAD_S + n * _epochs(cfg, "source", n, job.task) / train_rate
+    _, train_rate, pred_rate = _rates(cfg, "target", job.task)
     sec = n_test / pred_rate + 1.0
     if job.trains:
         factor = 0.55 if job.trainable == "head" else 1.0
@@ -955,7 +997,10 @@ def run_study(
     cfg = resolve_target_votes(cfg, simulated, target_votes)
     # the time estimates only: this machine's speed against the [estimate] speeds' machine
     speed, speed_how = machine_speed(cfg)
-    est_cfg = with_speed(cfg, speed)
+    speedups, speedups_how = precision_speedups(cfg)
+    if speedups_how:
+        speed_how = f"{speed_how}; {speedups_how}"
+    est_cfg = with_speed(cfg, speed, speedups)
     est_total = None  # the estimate printed at start, kept in timings.jsonl beside the real time
     if simulated:
         sim = cfg.get("simulate", {})
@@ -1125,6 +1170,7 @@ def run_study(
         "steps_reused": result.skipped,
         "estimated_total_s": round(est_total, 1),
         "speed_factor": round(speed, 3),
+        **({"precision_factor": {k: round(v, 3) for k, v in speedups.items()}} if speedups else {}),
     }
     # appended per call: a resumed run shows each of its sessions
     with (paths.root / "timings.jsonl").open("a") as fh:
