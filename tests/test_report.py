@@ -247,6 +247,25 @@ def test_report_files_from_synthetic_predictions(tmp_path):
     assert 'src="figures' not in html
     assert (tmp_path / "figures" / "label_budget.csv").exists()
     assert "figures/roc.png" in written
+    assert "Training precision" not in md  # no model cards: nothing said
+
+
+def test_table2_says_which_precision_the_models_trained_in(tmp_path):
+    """A preset's "auto" precision is bf16 on one CPU and float32 on another, so the table says
+    what the run's cards record: the precision every model actually trained in."""
+    preds = _synthetic_predictions()
+    preds.to_parquet(tmp_path / "predictions.parquet", index=False)
+    for name, precision in (("Q1/source", "bf16-mixed"), ("Q1/b_n100_s0", "bf16-mixed"),
+                            ("Q1/d_n100_s0", "32-true")):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "card.json").write_text(json.dumps({"recipe": {"precision": precision}}))
+    cfg = tiny_config()
+    cfg["target"]["n_train"] = {"Q1": 100, "Q2": 100, "Q3": 100}
+    write_report(tmp_path, cfg=cfg)
+    said = " Training precision: float32 (1 model), bf16-mixed (2 models)."
+    assert said in (tmp_path / "table2.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert said.strip() in html and "<th>precision</th>" in html
 
 
 @pytest.mark.slow

@@ -27,7 +27,9 @@ from morphtransfer.report.tables import (
     label_budget,
     labels_phrase,
     n_to_reach_level,
+    precision_phrase,
     table2,
+    training_precisions,
     to_latex,
     to_markdown,
 )
@@ -92,7 +94,8 @@ def write_report(
 
     written: dict[str, Path] = {}
     t2.to_csv(run_dir / "table2.csv", index=False)
-    (run_dir / "table2.md").write_text(to_markdown(t2, p_threshold, labels_phrase(cfg)))
+    trained_in = precision_phrase(training_precisions(run_dir))
+    (run_dir / "table2.md").write_text(to_markdown(t2, p_threshold, labels_phrase(cfg), trained_in))
     (run_dir / "table2.tex").write_text(to_latex(t2, p_threshold))
     written.update({k: run_dir / f"table2.{k}" for k in ("md", "csv", "tex")})
     budget_md = budget_markdown(budget, reach, reach_0t)

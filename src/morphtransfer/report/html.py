@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphtransfer.report.tables import claims_lines, labels_phrase, to_markdown
+from morphtransfer.report.tables import (claims_lines, labels_phrase, precision_phrase, to_markdown,
+                                         training_precisions)
 
 CAPTIONS = {
     "roc": "Figure 2. ROC curves per question: the SDSS model on SDSS (0) and on DES (a), "
@@ -80,6 +81,7 @@ def _models(run_dir: Path) -> pd.DataFrame:
                 "mode": c.get("mode"),
                 "n_train": c.get("n_train"),
                 "n_pos": c.get("n_pos"),
+                "precision": c.get("recipe", {}).get("precision"),
                 "epochs_run": c.get("epochs_run"),
                 "best_epoch": c.get("best_epoch"),
                 "val_auc": c.get("val_auc"),
@@ -112,7 +114,8 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
         "on SDSS, applied to DES as it is (a), fine-tuned on a few DES labels (b, c) and trained from "
         f"scratch on them (d). morphtransfer {__version__}; run folder <code>{html.escape(str(run_dir))}</code>.</p>",
         "<h2>Table 2</h2>",
-        _md_table_to_html(to_markdown(t2, p_threshold, labels_phrase(cfg))),
+        _md_table_to_html(to_markdown(t2, p_threshold, labels_phrase(cfg),
+                                      precision_phrase(training_precisions(run_dir)))),
     ]
     if reach:
         def cell(v):

@@ -6,7 +6,10 @@ test galaxy), so that every number of ``metrics.json`` and ``table2.*`` can be r
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -348,7 +351,30 @@ def labels_phrase(cfg: dict | None) -> str:
     return LABELS_SOURCE if (cfg or {}).get("labels", {}).get("target_votes") == "source" else LABELS_OWN
 
 
-def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS_OWN) -> str:
+def training_precisions(run_dir: str | os.PathLike) -> dict[str, int]:
+    """{precision: number of models} of a run folder's trained models, from their cards (the
+    precision each trained in on its machine: a preset's "auto" resolved)."""
+    out: dict[str, int] = {}
+    for card in sorted(Path(run_dir, "models").glob("*/*/card.json")):
+        p = json.loads(card.read_text()).get("recipe", {}).get("precision")
+        if p:
+            out[p] = out.get(p, 0) + 1
+    return out
+
+
+def precision_phrase(counts: dict[str, int]) -> str:
+    """How the run's models were trained, from their cards' precisions ({precision: models}): ""
+    when no card says."""
+    if not counts:
+        return ""
+    names = {"32-true": "float32", "bf16-mixed": "bf16-mixed", "16-mixed": "float16-mixed"}
+    parts = [f"{names.get(p, p)} ({n} model{'s' if n != 1 else ''})" for p, n in sorted(counts.items())]
+    return f" Training precision: {', '.join(parts)}."
+
+
+def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS_OWN,
+                trained_in: str = "") -> str:
+    """Table 2 as Markdown with its notes; ``trained_in``: precision_phrase of the run's models."""
     head = "| Question | Exp. | Description | N_train | N_test | N_pos | TPR | Precision | Accuracy | AUC |"
     lines = [head, "|" + "---|" * 10]
     for _, r in t2.iterrows():
@@ -362,7 +388,7 @@ def to_markdown(t2: pd.DataFrame, p_threshold: float = 0.5, labels: str = LABELS
         f"TPR, precision and accuracy at P_th = {p_threshold}, against {labels}. Value ± spread "
         "over seeds (different target training samples; for (0) and (a), different trainings of the SDSS model when the run has several source_seeds) "
         "[bootstrap 95% interval over test galaxies]. N_train: SDSS galaxies for (0) and (a), "
-        "DES galaxies for (b), (c), (d)."
+        f"DES galaxies for (b), (c), (d).{trained_in}"
     )
     flat = _flat_phrase(t2)
     if flat:
