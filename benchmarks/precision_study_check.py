@@ -36,14 +36,12 @@ PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 def check_config(cfg: dict, precision: str, tasks, seeds, source_seeds) -> dict:
     """The run's configuration with every training in ``precision`` and the given seeds."""
-    out = copy.deepcopy(cfg)
+    out = copy.deepcopy(study.with_precision(cfg, precision))
     out.pop("inputs", None)  # run_study writes the [inputs] of the new folder itself
     out["name"] = f"{cfg.get('name', 'run')}_{precision}"
     out["study"]["tasks"] = list(tasks)
     out["study"]["seeds"] = list(seeds)
     out["study"]["source_seeds"] = list(source_seeds)
-    for which in ("source", "target"):
-        out["recipe"].setdefault(which, {})["precision"] = precision
     return out
 
 

@@ -430,6 +430,12 @@ def test_run_command_reports_bad_input_without_traceback(tmp_path, monkeypatch, 
     # the message names the config section; it is not swallowed as console markup
     assert "[labels] target_votes = 'sdss' unknown" in capsys.readouterr().out.replace("\n", "")
     assert not (tmp_path / "r2").exists()  # refused before anything is written
+    monkeypatch.setattr(sys, "argv", ["morphtransfer", "run", "--precision", "fp8", "--out", str(tmp_path / "r3")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    assert "unknown precision 'fp8'" in capsys.readouterr().out.replace("\n", "")
+    assert not (tmp_path / "r3").exists()
 
 
 def test_same_galaxy_under_another_id_is_kept_out_of_source_training(pair):
@@ -778,6 +784,32 @@ def test_target_votes_default_follows_the_data_and_a_run_folder_keeps_its_labell
     n_before = len(eng.trained)
     study.run_study(out=own, source=pair[0], target=pair[1], config=tiny_config(), progress=False, report=False)
     assert len(eng.trained) == n_before  # everything was finished: nothing retrained
+
+
+def test_run_precision_overrides_both_recipes_and_a_resume_keeps_it(pair, tmp_path, monkeypatch):
+    """`morphtransfer run --precision P` (run_study's precision): every training, source and
+    target, in P; config.toml keeps it, so a resume asking for another precision is refused
+    rather than mixing models of two precisions; an unknown name is refused before anything runs."""
+    eng = FakeEngine()
+    monkeypatch.setattr(study, "_engine", lambda: eng)
+    cfg = tiny_config(sweep={"n_train": [], "seeds": []})
+    cfg["study"]["seeds"] = [0]
+    out = tmp_path / "run"
+    study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, precision="bf16-mixed",
+                    progress=False, report=False)
+    assert len(eng.trained) == 3 + 3 * 3  # an SDSS model and (b), (c), (d) per task
+    assert {t["recipe"]["precision"] for t in eng.trained} == {"bf16-mixed"}
+    written = tomllib.loads((out / "config.toml").read_text())["recipe"]
+    assert written["source"]["precision"] == written["target"]["precision"] == "bf16-mixed"
+    assert "precision" not in cfg["recipe"]["source"]  # the caller's dict is left alone
+    with pytest.raises(InputError, match=r"recipe.source.precision: 'bf16-mixed' there, '32-true' now; "
+                       r"recipe.target.precision: .*the same preset and inputs \(here: --precision bf16-mixed\)"):
+        study.run_study(out=out, source=pair[0], target=pair[1], config=cfg, precision="32-true",
+                        progress=False, report=False)
+    with pytest.raises(InputError, match="unknown precision 'fp8'"):
+        study.run_study(out=tmp_path / "other", source=pair[0], target=pair[1], config=cfg,
+                        precision="fp8", progress=False, report=False)
+    assert not (tmp_path / "other").exists()
 
 
 def test_0t_matches_the_target_test_galaxies_by_position_when_the_stores_name_them_differently(

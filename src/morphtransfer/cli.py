@@ -299,13 +299,19 @@ def run_cmd(
         "label, as the study; default for the simulated pair) | target (the target survey's own "
         "votes; default for --source/--target Stores)",
     ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision",
+        help="every training's precision, over the preset's: auto (bf16 where native, else "
+        "float32; the quick preset's) | 32-true (float32: the same digits on every CPU kind "
+        "matter more than time) | bf16-mixed",
+    ),
 ) -> None:
     """The transfer study end to end: Table 2, Figure 2, the label-budget curves, report.html."""
     from morphtransfer.study import run_study
 
     try:
         run_study(preset=preset, out=out, source=source, target=target,
-                  target_votes=target_votes, console=console)
+                  target_votes=target_votes, precision=precision, console=console)
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/]: finished experiments are kept in {out}; run the same "

@@ -793,12 +793,32 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
             d.pop("description", None)
             d.get("simulate", {}).pop("workers", None)
         if old != new:
+            diff = _config_differences(old, new)
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:6])
+            more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+            hint = ""
+            prec = [a for k, a, _ in diff if k.endswith(".precision") and k.startswith("recipe.")]
+            if (len(set(prec)) == 1 and isinstance(prec[0], str)
+                    and all(k.startswith("recipe.") and k.endswith(".precision") for k, _, _ in diff)):
+                hint = f" (here: --precision {prec[0]})"
             raise InputError(
-                f"{paths.root} holds a run with a different configuration ({paths.config}); "
-                "resume it with the same preset and inputs, or pass a new --out folder"
+                f"{paths.root} holds a run with a different configuration ({paths.config}): "
+                f"{shown}{more}. Resume it with the same preset and inputs{hint}, or pass a new "
+                "--out folder"
             )
     paths.root.mkdir(parents=True, exist_ok=True)
     _write_atomic(paths.config, text)
+
+
+def _config_differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, value in ``old``, value in ``new``) wherever two configurations differ
+    (None: the key is absent on that side)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _config_differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def _rates(cfg: dict, which: str | None = None, task: str | None = None) -> tuple[float, float, float]:
@@ -851,6 +871,18 @@ def machine_speed(cfg: dict) -> tuple[float, str]:
         f"{torch.get_num_threads()} CPU threads at {gflops:.0f} GFLOP/s in a float32 conv, "
         f"against {float(ref):.0f} where the [estimate] speeds were measured"
     )
+
+
+def with_precision(cfg: dict, precision: str) -> dict:
+    """A copy of ``cfg`` whose source and target recipes train in ``precision`` (the name as
+    given, so config.toml keeps "auto" as "auto"; an unknown name raises InputError)."""
+    from morphtransfer.inference import resolve_precision
+
+    resolve_precision(precision, "cpu")  # checks the name
+    recipe = {**cfg.get("recipe", {})}
+    for which in ("source", "target"):
+        recipe[which] = {**recipe.get(which, {}), "precision": precision}
+    return {**cfg, "recipe": recipe}
 
 
 def precision_speedups(cfg: dict) -> tuple[dict[str, float], str]:
@@ -973,6 +1005,7 @@ def run_study(
     console=None,
     report: bool = True,
     target_votes: str | None = None,
+    precision: str | None = None,
 ) -> StudyResult:
     """Run (or resume) the whole study and write its report into ``out``.
 
@@ -981,7 +1014,8 @@ def run_study(
     rows are run, for the tasks whose votes the source has. ``config`` replaces the preset's
     configuration (a dict shaped like the TOML presets; tests use it for tiny runs).
     ``target_votes`` ("source" | "target") overrides ``[labels] target_votes``
-    (``resolve_target_votes``).
+    (``resolve_target_votes``); ``precision`` ("auto" | "32-true" | "bf16-mixed") the
+    ``precision`` of ``[recipe.source]`` and ``[recipe.target]`` (``with_precision``).
     """
     from rich.console import Console
 
@@ -995,6 +1029,8 @@ def run_study(
         raise InputError("--target needs --source: the study transfers a source model to a target survey")
     simulated = source is None
     cfg = resolve_target_votes(cfg, simulated, target_votes)
+    if precision is not None:
+        cfg = with_precision(cfg, precision)
     # the time estimates only: this machine's speed against the [estimate] speeds' machine
     speed, speed_how = machine_speed(cfg)
     speedups, speedups_how = precision_speedups(cfg)
