@@ -53,12 +53,14 @@ def conv_gflops(dtype: torch.dtype = torch.float32, reps: int = 5) -> tuple[floa
     return best_rate(run, 2 * 32 * 64 * 64 * 128 * 128 * 9, reps)
 
 
-def train_step_rate(precision: str = "32-true", reps: int = 3, batch: int = 30) -> float:
+def train_step_rate(precision: str = "32-true", reps: int = 4, batch: int = 30, warmup: int = 2) -> float:
     """Images/s of DS18 training steps on this machine's current threads, in ``precision``
     ("32-true" or "bf16-mixed"): the engine's augmentation, forward, loss, backward and an Adam
     step on a random batch of 69 x 69 x 3 inputs, channels-last; the best of ``reps`` steps after
-    a warm-up (~1.5 s in all on 2 cores in float32). The study's estimate uses the ratio of the two
-    precisions on the same machine (study.machine_speed): how much faster bf16-mixed trains here."""
+    ``warmup`` ones (~1.5 s in all on 2 cores in float32). The study's estimate uses the ratio of
+    the two precisions on the same machine (study.precision_speedups): how much faster bf16-mixed
+    trains here. An upper bound on a whole training's gain, whose data loading and validation do
+    not speed up: the AMD EPYC machine's probe read 1.8-2.1x where its trainings ran 1.5-1.9x."""
     from contextlib import nullcontext
 
     from morphtransfer.models import build_model
@@ -83,7 +85,8 @@ def train_step_rate(precision: str = "32-true", reps: int = 3, batch: int = 30) 
         loss.backward()
         opt.step()
 
-    step()
+    for _ in range(warmup):  # the first steps build oneDNN's kernels: slower in float32 than bf16
+        step()
     best = math.inf
     for _ in range(reps):
         t = time.perf_counter()
