@@ -111,7 +111,7 @@ def load_config(preset: str = "quick") -> dict:
     return cfg
 
 
-def _for_task(value, task: str, default=None):
+def _for_task(value, task: str | None, default=None):
     """A setting given once for every task or as a table per task (a task not named: default)."""
     return value.get(task, default) if isinstance(value, dict) else value
 
@@ -796,11 +796,12 @@ def _check_or_write_config(paths: StudyPaths, cfg: dict, inputs: dict) -> None:
             diff = _config_differences(old, new)
             shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:6])
             more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+            # only the recipes' precision differs, one value there: --precision resumes it
             hint = ""
-            prec = [a for k, a, _ in diff if k.endswith(".precision") and k.startswith("recipe.")]
-            if (len(set(prec)) == 1 and isinstance(prec[0], str)
-                    and all(k.startswith("recipe.") and k.endswith(".precision") for k, _, _ in diff)):
-                hint = f" (here: --precision {prec[0]})"
+            if all(k.startswith("recipe.") and k.endswith(".precision") for k, _, _ in diff):
+                was = {a for _, a, _ in diff}  # precision names: strings, or None where unset
+                if len(was) == 1 and None not in was:
+                    hint = f" (here: --precision {was.pop()})"
             raise InputError(
                 f"{paths.root} holds a run with a different configuration ({paths.config}): "
                 f"{shown}{more}. Resume it with the same preset and inputs{hint}, or pass a new "
@@ -844,8 +845,7 @@ def _training_precision(cfg: dict, which: str, task: str | None) -> str:
     from morphtransfer.inference import resolve_precision
 
     value = cfg.get("recipe", {}).get(which, {}).get("precision", "32-true")
-    return resolve_precision(_for_task(value, task, "32-true") if task else
-                             (value if isinstance(value, str) else "32-true"))
+    return resolve_precision(_for_task(value, task, "32-true"))
 
 
 def machine_speed(cfg: dict) -> tuple[float, str]:

@@ -152,5 +152,5 @@ def write_report(
     from morphtransfer.report.html import write_html
 
     written["report.html"] = write_html(run_dir, cfg, t2, budget, reach, notes, figs, p_threshold,
-                                       found, reach_0t, claims=said)
+                                       found, reach_0t, claims=said, trained_in=trained_in)
     return written

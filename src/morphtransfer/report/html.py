@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphtransfer.report.tables import (claims_lines, labels_phrase, precision_phrase, to_markdown,
-                                         training_precisions)
+from morphtransfer.report.tables import claims_lines, labels_phrase, to_markdown
 
 CAPTIONS = {
     "roc": "Figure 2. ROC curves per question: the SDSS model on SDSS (0) and on DES (a), "
@@ -96,7 +95,7 @@ def _models(run_dir: Path) -> pd.DataFrame:
 def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.DataFrame, reach: dict,
                notes: list[str], figs: dict, p_threshold: float,
                found: pd.DataFrame | None = None, reach_0t: dict | None = None,
-               claims: dict | None = None) -> Path:
+               claims: dict | None = None, trained_in: str = "") -> Path:
     from morphtransfer import __version__
     from morphtransfer.study import _to_toml
 
@@ -114,8 +113,7 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
         "on SDSS, applied to DES as it is (a), fine-tuned on a few DES labels (b, c) and trained from "
         f"scratch on them (d). morphtransfer {__version__}; run folder <code>{html.escape(str(run_dir))}</code>.</p>",
         "<h2>Table 2</h2>",
-        _md_table_to_html(to_markdown(t2, p_threshold, labels_phrase(cfg),
-                                      precision_phrase(training_precisions(run_dir)))),
+        _md_table_to_html(to_markdown(t2, p_threshold, labels_phrase(cfg), trained_in)),
     ]
     if reach:
         def cell(v):
