@@ -624,10 +624,9 @@ def test_the_estimate_scales_training_by_the_precision_measured_here(monkeypatch
 
     cfg = study.load_config("quick")
     fp32 = {**cfg, "recipe": {w: {**r, "precision": "32-true"} for w, r in cfg["recipe"].items()}}
-    monkeypatch.setattr(speed, "train_step_rate", lambda *a, **kw: pytest.fail("probed"))
+    monkeypatch.setattr(speed, "train_step_speedup", lambda *a, **kw: pytest.fail("probed"))
     assert study.precision_speedups(fp32) == ({}, "")
-    rates = {"32-true": 50.0, "bf16-mixed": 75.0}
-    monkeypatch.setattr(speed, "train_step_rate", lambda precision="32-true", **kw: rates[precision])
+    monkeypatch.setattr(speed, "train_step_speedup", lambda precision, **kw: {"bf16-mixed": 1.5}[precision])
     bf16 = {**cfg, "recipe": {**cfg["recipe"], "source": {**cfg["recipe"]["source"],
                                                           "precision": "bf16-mixed"}}}
     bf16["recipe"]["target"] = {**cfg["recipe"]["target"], "precision": "32-true"}
@@ -650,14 +649,19 @@ def test_the_estimate_scales_training_by_the_precision_measured_here(monkeypatch
     assert study.precision_speedups(auto) == ({}, "")
 
 
-def test_the_training_step_probe_trains_ds18_in_each_precision():
-    """speed.train_step_rate runs real DS18 training steps (augmentation, forward, backward,
-    Adam) and reports images/s; bf16-mixed runs through autocast on any CPU."""
+def test_the_training_step_probe_trains_ds18_in_each_precision(monkeypatch):
+    """speed.train_step_speedup runs real DS18 training steps (augmentation, forward, backward,
+    Adam) in float32 and bf16-mixed (autocast, on any CPU) and reports the median of their
+    alternating step-time ratios."""
     from morphtransfer import speed
 
-    for precision in ("32-true", "bf16-mixed"):
-        rate = speed.train_step_rate(precision, reps=1, batch=8)
-        assert math.isfinite(rate) and 0.5 < rate < 1e5
+    ratio = speed.train_step_speedup("bf16-mixed", pairs=1, batch=8, warmup=0)
+    assert math.isfinite(ratio) and 0.01 < ratio < 100
+    # the median of the pairs' ratios: fake step times 2, 1 | 2, 4 | 3, 1 s -> ratios 2, 0.5, 3
+    times = iter([2.0, 1.0, 2.0, 4.0, 3.0, 1.0])
+    monkeypatch.setattr(speed, "_train_step", lambda precision, batch=30: (lambda: None))
+    monkeypatch.setattr(speed, "_timed", lambda step: next(times))
+    assert speed.train_step_speedup("bf16-mixed", pairs=3, warmup=0) == pytest.approx(2.0)
 
 
 def test_simulation_workers_auto_is_one_per_core_and_a_resume_may_change_them(pair, tmp_path, monkeypatch):
@@ -713,8 +717,7 @@ def test_the_printed_estimate_names_the_probe_and_uses_its_speed(tmp_path, monke
     monkeypatch.setattr(speed, "conv_gflops", lambda **kw: (290.0, 290.0))  # 2x the reference
     # the quick preset trains in "auto" precision: bf16-mixed here, 1.5x float32's speed
     monkeypatch.setattr(inference, "bf16_supported", lambda device="cpu": True)
-    monkeypatch.setattr(speed, "train_step_rate",
-                        lambda precision="32-true", **kw: {"32-true": 50.0, "bf16-mixed": 75.0}[precision])
+    monkeypatch.setattr(speed, "train_step_speedup", lambda precision, **kw: {"bf16-mixed": 1.5}[precision])
     monkeypatch.setattr(study, "_ensure_simulated", stop)
     cfg = study.load_config("quick")
     plan, _ = study.plan_experiments(cfg, list(cfg["study"]["tasks"]))

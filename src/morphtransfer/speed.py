@@ -11,7 +11,7 @@ smaller share of its matmul rate). The benchmarks use the same functions for the
 
 from __future__ import annotations
 
-import math
+import statistics
 import time
 
 import torch
@@ -53,14 +53,10 @@ def conv_gflops(dtype: torch.dtype = torch.float32, reps: int = 5) -> tuple[floa
     return best_rate(run, 2 * 32 * 64 * 64 * 128 * 128 * 9, reps)
 
 
-def train_step_rate(precision: str = "32-true", reps: int = 4, batch: int = 30, warmup: int = 2) -> float:
-    """Images/s of DS18 training steps on this machine's current threads, in ``precision``
-    ("32-true" or "bf16-mixed"): the engine's augmentation, forward, loss, backward and an Adam
-    step on a random batch of 69 x 69 x 3 inputs, channels-last; the best of ``reps`` steps after
-    ``warmup`` ones (~1.5 s in all on 2 cores in float32). The study's estimate uses the ratio of
-    the two precisions on the same machine (study.precision_speedups): how much faster bf16-mixed
-    trains here. An upper bound on a whole training's gain, whose data loading and validation do
-    not speed up: the AMD EPYC machine's probe read 1.8-2.1x where its trainings ran 1.5-1.9x."""
+def _train_step(precision: str, batch: int = 30):
+    """A callable that runs one DS18 training step in ``precision`` ("32-true" or "bf16-mixed"):
+    the engine's augmentation, forward, loss, backward and an Adam step on a fixed random batch
+    of 69 x 69 x 3 inputs, channels-last."""
     from contextlib import nullcontext
 
     from morphtransfer.models import build_model
@@ -85,11 +81,26 @@ def train_step_rate(precision: str = "32-true", reps: int = 4, batch: int = 30, 
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):  # the first steps build oneDNN's kernels: slower in float32 than bf16
-        step()
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t)
-    return batch / best
+    return step
+
+
+def _timed(step) -> float:
+    t = time.perf_counter()
+    step()
+    return time.perf_counter() - t
+
+
+def train_step_speedup(precision: str, pairs: int = 6, batch: int = 30, warmup: int = 2) -> float:
+    """How many times faster DS18 trains in ``precision`` than in float32 on this machine's
+    current threads: the median, over ``pairs`` back-to-back pairs of training steps (one in
+    each precision), of float32's step time over ``precision``'s (~4 s in all on 2 cores). The
+    steps alternate, so a load on the host slows both sides of a pair alike, and the median
+    drops the pairs it hit unevenly; the best of separate runs in each precision read 1.5-2.5x
+    from run to run on the AMD EPYC machine, where its whole trainings gained 1.7-2.1x. Still an
+    upper bound on a whole training's gain, whose data loading and fixed costs do not speed up.
+    The study's estimate divides its float32 training times by it (study.precision_speedups)."""
+    fp32, other = _train_step("32-true", batch), _train_step(precision, batch)
+    for _ in range(warmup):
+        fp32()
+        other()
+    return statistics.median(_timed(fp32) / _timed(other) for _ in range(pairs))

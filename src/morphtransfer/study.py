@@ -888,8 +888,9 @@ def with_precision(cfg: dict, precision: str) -> dict:
 def precision_speedups(cfg: dict) -> tuple[dict[str, float], str]:
     """({precision: times float32's training speed}, how it was found) for the training
     precisions of ``cfg``'s recipes other than float32, the precision the [estimate] speeds were
-    measured in. On a CPU each is measured here (speed.train_step_rate: a few DS18 training steps
-    in each precision, ~2-4 s in all on 2 cores); float32 alone, or a GPU, measures nothing."""
+    measured in. On a CPU each is measured here (speed.train_step_speedup: DS18 training steps
+    in float32 and that precision, alternating, ~4 s each on 2 cores); float32 alone, or a GPU,
+    measures nothing."""
     from morphtransfer.inference import default_device
 
     tasks = list(cfg.get("study", {}).get("tasks", [])) or [None]
@@ -897,14 +898,13 @@ def precision_speedups(cfg: dict) -> tuple[dict[str, float], str]:
     others = sorted(used - {"32-true"})
     if not others or default_device().type != "cpu":
         return {}, ""
-    from morphtransfer.speed import train_step_rate
+    from morphtransfer.speed import train_step_speedup
     from morphtransfer.train import _set_threads
 
     _set_threads()
-    fp32 = train_step_rate("32-true")
-    out = {p: train_step_rate(p) / fp32 for p in others}
+    out = {p: train_step_speedup(p) for p in others}
     how = ", ".join(f"{p} training {r:.2f}x float32 here" for p, r in out.items())
-    return out, f"{how} (DS18 training steps, speed.train_step_rate)"
+    return out, f"{how} (DS18 training steps, speed.train_step_speedup)"
 
 
 def with_speed(cfg: dict, factor: float, precision_factor: dict[str, float] | None = None) -> dict:
