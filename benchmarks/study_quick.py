@@ -32,7 +32,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from morphtransfer.report.tables import training_precisions
+    from morphtransfer.report.tables import model_cards, training_precisions
     from morphtransfer.study import run_study
 
     res = run_study(preset=args.preset, out=out, console=Console(stderr=True), progress=False,
@@ -42,7 +42,7 @@ def main() -> None:
         "preset": args.preset,
         "out": str(out),
         **res.timings,
-        "training_precisions": training_precisions(out),
+        "training_precisions": training_precisions(model_cards(out)),
         "load_average_1min": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
     }))

@@ -96,7 +96,7 @@ def train_step_speedup(precision: str, pairs: int = 6, batch: int = 30, warmup: 
     each precision), of float32's step time over ``precision``'s (~4 s in all on 2 cores). The
     steps alternate, so a load on the host slows both sides of a pair alike, and the median
     drops the pairs it hit unevenly; the best of separate runs in each precision read 1.5-2.5x
-    from run to run on the AMD EPYC machine, where its whole trainings gained 1.7-2.1x. Still an
+    from run to run on the AMD EPYC machine, where its whole trainings gained 1.6-2.1x. Still an
     upper bound on a whole training's gain, whose data loading and fixed costs do not speed up.
     The study's estimate divides its float32 training times by it (study.precision_speedups)."""
     fp32, other = _train_step("32-true", batch), _train_step(precision, batch)

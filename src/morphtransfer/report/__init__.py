@@ -26,6 +26,7 @@ from morphtransfer.report.tables import (
     findings,
     label_budget,
     labels_phrase,
+    model_cards,
     n_to_reach_level,
     precision_phrase,
     table2,
@@ -94,7 +95,8 @@ def write_report(
 
     written: dict[str, Path] = {}
     t2.to_csv(run_dir / "table2.csv", index=False)
-    trained_in = precision_phrase(training_precisions(run_dir))
+    cards = model_cards(run_dir)
+    trained_in = precision_phrase(training_precisions(cards))
     (run_dir / "table2.md").write_text(to_markdown(t2, p_threshold, labels_phrase(cfg), trained_in))
     (run_dir / "table2.tex").write_text(to_latex(t2, p_threshold))
     written.update({k: run_dir / f"table2.{k}" for k in ("md", "csv", "tex")})
@@ -152,5 +154,6 @@ def write_report(
     from morphtransfer.report.html import write_html
 
     written["report.html"] = write_html(run_dir, cfg, t2, budget, reach, notes, figs, p_threshold,
-                                       found, reach_0t, claims=said, trained_in=trained_in)
+                                       found, reach_0t, claims=said, trained_in=trained_in,
+                                       cards=cards)
     return written

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +68,12 @@ def _md_table_to_html(md: str) -> str:
     return "\n".join(out)
 
 
-def _models(run_dir: Path) -> pd.DataFrame:
+def _models(run_dir: Path, cards: list[tuple[Path, dict]]) -> pd.DataFrame:
     rows = []
-    for card in sorted((run_dir / "models").glob("*/*/card.json")):
-        c = json.loads(card.read_text())
+    for folder, c in cards:
         rows.append(
             {
-                "model": str(card.parent.relative_to(run_dir)),
+                "model": str(folder.relative_to(run_dir)),
                 "survey": c.get("survey"),
                 "mode": c.get("mode"),
                 "n_train": c.get("n_train"),
@@ -95,7 +93,9 @@ def _models(run_dir: Path) -> pd.DataFrame:
 def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.DataFrame, reach: dict,
                notes: list[str], figs: dict, p_threshold: float,
                found: pd.DataFrame | None = None, reach_0t: dict | None = None,
-               claims: dict | None = None, trained_in: str = "") -> Path:
+               *, claims: dict | None = None, trained_in: str = "",
+               cards: list[tuple[Path, dict]]) -> Path:
+    """report.html; ``cards``: the run's tables.model_cards (read once by write_report)."""
     from morphtransfer import __version__
     from morphtransfer.study import _to_toml
 
@@ -155,7 +155,7 @@ def write_html(run_dir: Path, cfg: dict | None, t2: pd.DataFrame, budget: pd.Dat
         cols = ["task", "experiment", "n_train_target", "n_seeds", "n_flat", "n_dead", "auc", "auc_std", "accuracy",
                 "accuracy_std", "tpr", "precision", "auc_level_0", "auc_level_0t", "auc_level_a"]
         parts += ["<h2>Label-budget table</h2>", _table(budget[[c for c in cols if c in budget]])]
-    models = _models(run_dir)
+    models = _models(run_dir, cards)
     if len(models):
         parts += ["<h2>Models</h2><p>Each folder holds weights.safetensors and card.json.</p>", _table(models)]
     if notes:

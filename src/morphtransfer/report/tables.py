@@ -351,12 +351,18 @@ def labels_phrase(cfg: dict | None) -> str:
     return LABELS_SOURCE if (cfg or {}).get("labels", {}).get("target_votes") == "source" else LABELS_OWN
 
 
-def training_precisions(run_dir: str | os.PathLike) -> dict[str, int]:
-    """{precision: number of models} of a run folder's trained models, from their cards (the
-    precision each trained in on its machine: a preset's "auto" resolved)."""
+def model_cards(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """(model folder, its card) of every model a run folder trained (models/<task>/<name>/)."""
+    return [(card.parent, json.loads(card.read_text()))
+            for card in sorted(Path(run_dir, "models").glob("*/*/card.json"))]
+
+
+def training_precisions(cards: list[tuple[Path, dict]]) -> dict[str, int]:
+    """{precision: number of models} of a run's model_cards (the precision each trained in on
+    its machine: a preset's "auto" resolved)."""
     out: dict[str, int] = {}
-    for card in sorted(Path(run_dir, "models").glob("*/*/card.json")):
-        p = json.loads(card.read_text()).get("recipe", {}).get("precision")
+    for _, card in cards:
+        p = card.get("recipe", {}).get("precision")
         if p:
             out[p] = out.get(p, 0) + 1
     return out
